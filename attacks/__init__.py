@@ -1,0 +1,1 @@
+"""Every perturbation, for training and for evaluation."""

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up, lint, then run every test (unit and integration) on this machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest "$@"

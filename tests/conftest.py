@@ -1,0 +1,38 @@
+"""Shared fixtures: real MNIST slices and a small model trained on them."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("ROBUST_SWEEPS_OFFLINE", "1")  # CIFAR/SVHN must not be fetched in tests
+
+
+@pytest.fixture(scope="session")
+def mnist_test_slice():
+    """512 real MNIST test images (float [0, 1]) and labels."""
+    from trainables.data import load_dataset
+
+    return load_dataset("mnist", "test", subset=512).tensors()
+
+
+@pytest.fixture(scope="session")
+def trained_mlp():
+    """A small MLP trained briefly on 6,000 real MNIST images (clean accuracy ≈ 0.9+)."""
+    from trainables.data import iterate_batches, load_dataset
+    from trainables.models import create_model
+
+    torch.manual_seed(0)
+    train = load_dataset("mnist", "train", subset=6000)
+    model = create_model("mlp", in_channels=1, image_size=28, hidden=256, layers=2,
+                         mean=(0.1307,), std=(0.3081,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for epoch in range(3):
+        for x, y, _ in iterate_batches(train, 100, shuffle=True,
+                                       generator=torch.Generator().manual_seed(epoch)):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    return model.eval()

@@ -1,0 +1,134 @@
+"""Defense losses against independent float64 computations of the papers' equations."""
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from trainables.config import TrialConfig
+from trainables.defenses import (
+    AttackSettings,
+    DefenseConfigError,
+    create_defense,
+    defense_class,
+    list_defenses,
+)
+from trainables.models import create_model
+
+ATTACK = AttackSettings(epsilon=0.1, steps=3, step_size=0.05)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def linear_problem(seed=0, n=6, d=5, k=4):
+    """f(x) = W x + b in float64, with clean and fixed adversarial inputs."""
+    rng = np.random.default_rng(seed)
+    W, b = rng.normal(size=(k, d)), rng.normal(size=k)
+    x, x_adv = rng.uniform(size=(n, d)), rng.uniform(size=(n, d))
+    y = rng.integers(0, k, size=n)
+    model = torch.nn.Linear(d, k).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.from_numpy(W))
+        model.bias.copy_(torch.from_numpy(b))
+    tensors = [torch.from_numpy(a) for a in (x, x_adv)] + [torch.from_numpy(y)]
+    return (W, b, x, x_adv, y), model, tensors
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def relative_error(actual, expected):
+    return abs(actual - expected) / abs(expected)
+
+
+def test_registry_and_errors():
+    assert {"standard", "pgd_at", "trades", "mart"} <= set(list_defenses())
+    with pytest.raises(KeyError, match="unknown defense 'magic'; known: .*pgd_at"):
+        create_defense("magic", attack=ATTACK)
+    with pytest.raises(DefenseConfigError, match="allowed: beta"):
+        create_defense("mart", attack=ATTACK, lam=1.0)
+
+
+def test_standard_and_pgd_at_are_cross_entropy():
+    (W, b, x, x_adv, y), model, (tx, tx_adv, ty) = linear_problem()
+    rows = np.arange(len(y))
+
+    def ce(inputs):
+        p = softmax(inputs @ W.T + b)
+        return -np.log(p[rows, y]).mean()
+
+    standard, _ = create_defense("standard", attack=ATTACK).loss(model, tx, ty, tx_adv)
+    at, _ = create_defense("pgd_at", attack=ATTACK).loss(model, tx, ty, tx_adv)
+    assert relative_error(standard.item(), ce(x)) < 1e-10
+    assert relative_error(at.item(), ce(x_adv)) < 1e-10
+
+
+@pytest.mark.parametrize("beta", [1.0, 6.0, 12.0])
+def test_trades_matches_its_equation(beta):
+    (W, b, x, x_adv, y), model, (tx, tx_adv, ty) = linear_problem(seed=1)
+    p, q = softmax(x @ W.T + b), softmax(x_adv @ W.T + b)
+    rows = np.arange(len(y))
+    expected = -np.log(p[rows, y]).mean() + beta * (p * np.log(p / q)).sum(1).mean()
+    loss, metrics = create_defense("trades", attack=ATTACK, beta=beta).loss(model, tx, ty, tx_adv)
+    assert relative_error(loss.item(), expected) < 1e-5
+    assert relative_error(metrics["robust_loss"], (p * np.log(p / q)).sum(1).mean()) < 1e-5
+
+
+@pytest.mark.parametrize("beta", [1.0, 6.0])
+def test_mart_matches_its_equation(beta):
+    (W, b, x, x_adv, y), model, (tx, tx_adv, ty) = linear_problem(seed=2)
+    p, q = softmax(x @ W.T + b), softmax(x_adv @ W.T + b)
+    rows = np.arange(len(y))
+    q_wrong = q.copy()
+    q_wrong[rows, y] = -np.inf
+    bce = -np.log(q[rows, y]) - np.log(1 - q_wrong.max(1))
+    kl = (p * np.log(p / q)).sum(1)
+    expected = bce.mean() + beta * (kl * (1 - p[rows, y])).mean()
+    loss, _ = create_defense("mart", attack=ATTACK, beta=beta).loss(model, tx, ty, tx_adv)
+    assert relative_error(loss.item(), expected) < 1e-5
+
+
+def test_trades_attack_maximises_the_kl_to_clean_predictions(trained_mlp, mnist_test_slice):
+    x, y = mnist_test_slice
+    x, y = x[:64], y[:64]
+    trades = create_defense("trades", attack=AttackSettings(epsilon=0.1, steps=10, step_size=0.02))
+    torch.manual_seed(0)
+    x_adv = trades.perturb(trained_mlp, x, y)
+    with torch.no_grad():
+        p = torch.softmax(trained_mlp(x), 1)
+        kl = lambda z: (p * (p.log() - torch.log_softmax(trained_mlp(z), 1))).sum(1).mean()  # noqa: E731
+        start = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
+        assert kl(x_adv) > 10 * kl(start)
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6
+
+
+@pytest.mark.parametrize("name", list_defenses())
+def test_every_defense_trains_a_step(name, mnist_test_slice):
+    x, y = mnist_test_slice
+    x, y = x[:32], y[:32]
+    torch.manual_seed(0)
+    model = create_model("mlp", in_channels=1, image_size=28, hidden=64, layers=2)
+    defense = create_defense(name, attack=ATTACK)
+    model = defense.model_hook(model)
+    state = defense.init_state(num_examples=60_000, batch_size=32, num_classes=10)
+    x_adv = defense.perturb(model, x, y, state, ids=torch.arange(32))
+    assert x_adv.shape == x.shape and (x_adv - x).abs().max() <= ATTACK.epsilon + 1e-6
+    model.train()
+    loss, metrics = defense.loss(model, x, y, x_adv, state, ids=torch.arange(32))
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert all(isinstance(v, float) for v in metrics.values())
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", list_defenses())
+def test_search_space_and_presets_give_valid_configs(name):
+    cls = defense_class(name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(3):
+        overrides = cls.search_space(study.ask())
+        config = TrialConfig.from_dict({"defense": name, **overrides})
+        assert config.defense == name
+    for preset in cls.presets.values():
+        TrialConfig.from_dict({"defense": name, **preset})

@@ -1,0 +1,1 @@
+"""What runs inside one trial: config, data, models, defenses, the training engine."""

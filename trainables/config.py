@@ -1,0 +1,233 @@
+"""TrialConfig: the typed, validated description of one training run.
+
+Built from a dict (``TrialConfig.from_dict``) or a YAML file (``from_yaml``), with dotted
+``key=value`` overrides (``apply_overrides``). Errors name the field and what it allows.
+``to_dict`` gives back a plain, JSON-able dict that ``from_dict`` accepts, with every default
+resolved (the dataset's threat model, the defense's knobs), so a run is reproducible from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables import data, models
+from trainables.defenses import AttackSettings, create_defense, defense_class, list_defenses
+
+SCHEDULES = ("piecewise", "cosine", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+NORMS = ("linf", "l2")
+
+
+class ConfigError(ValueError):
+    """A config field is unknown, mistyped or out of range."""
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    # what to train
+    dataset: str = "mnist"
+    model: str = "mlp"
+    model_params: dict[str, Any] = field(default_factory=dict)
+    defense: str = "pgd_at"
+    defense_params: dict[str, Any] = field(default_factory=dict)
+    # threat model of the training attack (None: the dataset's default)
+    epsilon: float | None = None
+    norm: str = "linf"
+    attack_steps: int = 10
+    attack_step_size: float | None = None
+    attack_random_start: str | None = None  # None: the defense's own default
+    # optimisation
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "piecewise"
+    lr_milestones: list[int] = field(default_factory=list)  # epochs where lr is divided
+    lr_gamma: float = 0.1
+    # data
+    train_subset: int | None = None
+    val_size: int | None = None
+    val_subset: int | None = None
+    test_subset: int | None = None
+    split_seed: int = 0
+    data_root: str | None = None
+    # evaluation during and after training (PGD-k on the validation / test split)
+    eval_steps: int = 20
+    eval_step_size: float | None = None  # None: attack_step_size
+    eval_every: int = 1
+    # execution
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = False
+    num_threads: int | None = None
+    output_dir: str = "runs"
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
+        if not isinstance(values, dict):
+            raise ConfigError(f"a trial config is a mapping, got {type(values).__name__}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}; allowed: {sorted(known)}")
+        checked = {name: _coerce(name, known[name].type, value) for name, value in values.items()}
+        config = cls(**checked)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> TrialConfig:
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from error
+        return cls.from_dict(apply_overrides(values, overrides or []))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        return TrialConfig.from_dict({**self.to_dict(), **changes})
+
+    # ---------------------------------------------------------------- validation
+    def validate(self) -> None:
+        _choice("dataset", self.dataset, data.list_datasets())
+        if self.model not in models.list_models() and not self.model.startswith("wrn-"):
+            _choice("model", self.model, models.list_models())
+        _choice("defense", self.defense, list_defenses())
+        _choice("norm", self.norm, NORMS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("device", self.device, DEVICES)
+        for name in ("epochs", "batch_size", "eval_every"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("attack_steps", "eval_steps", "split_seed", "seed"):
+            _at_least(name, getattr(self, name), 0)
+        for name in ("train_subset", "val_subset", "test_subset", "num_threads"):
+            if getattr(self, name) is not None:
+                _at_least(name, getattr(self, name), 1)
+        if self.val_size is not None:
+            _at_least("val_size", self.val_size, 0)
+        for name in ("epsilon", "attack_step_size", "eval_step_size", "lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must lie in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"lr_gamma must lie in (0, 1], got {self.lr_gamma}")
+        if any(m < 1 for m in self.lr_milestones) or sorted(self.lr_milestones) != list(
+                self.lr_milestones):
+            raise ConfigError(f"lr_milestones must be increasing epochs >= 1, "
+                              f"got {self.lr_milestones}")
+        if self.attack_random_start not in (None, "uniform", "gaussian", "none"):
+            raise ConfigError("attack_random_start must be one of uniform, gaussian, none")
+        try:
+            self.build_defense()
+        except ValueError as error:
+            raise ConfigError(f"defense_params: {error}") from error
+
+    # ---------------------------------------------------------------- resolved values
+    @property
+    def dataset_info(self) -> data.DatasetInfo:
+        return data.dataset_info(self.dataset)
+
+    @property
+    def resolved_epsilon(self) -> float:
+        return self.epsilon if self.epsilon is not None else self.dataset_info.epsilon
+
+    @property
+    def resolved_step_size(self) -> float:
+        if self.attack_step_size is not None:
+            return self.attack_step_size
+        return self.dataset_info.step_size
+
+    @property
+    def resolved_eval_step_size(self) -> float:
+        return self.eval_step_size if self.eval_step_size is not None else self.resolved_step_size
+
+    def attack_settings(self) -> AttackSettings:
+        return AttackSettings(epsilon=self.resolved_epsilon, steps=self.attack_steps,
+                              step_size=self.resolved_step_size, norm=self.norm,
+                              random_start=self.attack_random_start)
+
+    def build_defense(self):
+        return create_defense(self.defense, attack=self.attack_settings(), **self.defense_params)
+
+    def resolved(self) -> TrialConfig:
+        """The same run with every default spelled out (threat model, defense knobs)."""
+        knobs = defense_class(self.defense).knobs()
+        defaults = {name: meta["default"] for name, meta in knobs.items()}
+        return dataclasses.replace(
+            self, epsilon=self.resolved_epsilon, attack_step_size=self.resolved_step_size,
+            eval_step_size=self.resolved_eval_step_size,
+            defense_params={**defaults, **self.defense_params})
+
+
+# -------------------------------------------------------------------- helpers
+def _choice(name: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{name} must be >= {low}, got {value}")
+
+
+_SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _coerce(name: str, annotation: str, value: Any) -> Any:
+    """Check ``value`` against a field annotation such as ``float | None`` or ``list[int]``."""
+    options = [part.strip() for part in str(annotation).split("|")]
+    if value is None:
+        if "None" in options:
+            return None
+        raise ConfigError(f"{name} must not be empty")
+    for option in options:
+        if option in _SCALARS:
+            kind = _SCALARS[option]
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                return float(value)
+            if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+                return value
+        elif option.startswith("list") and isinstance(value, list | tuple):
+            if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                return list(value)
+        elif option.startswith("dict") and isinstance(value, dict):
+            return dict(value)
+    wanted = " or ".join(o for o in options if o != "None")
+    raise ConfigError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__})")
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` strings (YAML-typed values; dotted keys reach into dicts)."""
+    result = dict(values)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must read key=value")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        target = result
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            child = target.get(parent)
+            target[parent] = child = dict(child) if isinstance(child, dict) else {}
+            target = child
+        target[leaf] = value
+    return result

@@ -1,0 +1,140 @@
+"""What every defense is: typed knobs, an inner maximisation and an outer loss.
+
+A defense is a frozen dataclass holding its validated knobs (``params``) and the threat model
+of its training attack (``attack``). ``perturb`` is its inner maximisation, ``loss`` its outer
+minimisation: a pure function of (model, batch, state) returning the loss and detached metrics.
+Neither touches the optimizer, the device or global state; defenses with memory keep it in the
+explicit state object from ``init_state``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from attacks.pgd import RANDOM_STARTS, pgd
+
+
+class DefenseConfigError(ValueError):
+    """A knob is unknown, of the wrong type, or out of its allowed range."""
+
+
+def knob(default: Any, *, low: float | None = None, high: float | None = None,
+         choices: tuple | None = None, doc: str = "") -> Any:
+    """A defense knob with its allowed range (inclusive) or choices, checked at config time."""
+    return field(default=default,
+                 metadata={"low": low, "high": high, "choices": choices, "doc": doc})
+
+
+def _check_value(owner: str, f: dataclasses.Field, value: Any) -> Any:
+    meta, expected = f.metadata, f.type
+    if expected in (float, "float") and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    python_type = {"float": float, "int": int, "bool": bool, "str": str}.get(expected, expected)
+    if isinstance(python_type, type) and not isinstance(value, python_type) or (
+            python_type in (int, float) and isinstance(value, bool)):
+        raise DefenseConfigError(f"{owner}.{f.name} must be {python_type.__name__}, "
+                                 f"got {value!r}")
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        raise DefenseConfigError(f"{owner}.{f.name} must be one of {list(meta['choices'])}, "
+                                 f"got {value!r}")
+    low, high = meta.get("low"), meta.get("high")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise DefenseConfigError(f"{owner}.{f.name} must lie in [{low}, {high}], got {value!r}")
+    return value
+
+
+def build_params(owner: str, params_type: type, values: dict[str, Any]):
+    """Validate ``values`` against ``params_type``'s knobs; unknown names list the allowed set."""
+    fields = {f.name: f for f in dataclasses.fields(params_type)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        allowed = ", ".join(sorted(fields)) or "none"
+        raise DefenseConfigError(f"unknown knob(s) {unknown} for defense {owner!r}; "
+                                 f"allowed: {allowed}")
+    checked = {name: _check_value(owner, fields[name], value) for name, value in values.items()}
+    return params_type(**checked)
+
+
+def describe_knobs(params_type: type) -> dict[str, dict[str, Any]]:
+    """Each knob's default, range / choices and doc, for help texts and the leaderboard."""
+    return {f.name: {"default": f.default, **dict(f.metadata)}
+            for f in dataclasses.fields(params_type)}
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """The training attack's threat model; ``random_start=None`` takes the defense's default."""
+
+    epsilon: float
+    steps: int
+    step_size: float
+    norm: str = "linf"
+    random_start: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.random_start is not None and self.random_start not in RANDOM_STARTS:
+            raise DefenseConfigError(f"random_start must be one of {RANDOM_STARTS}")
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A defense without knobs."""
+
+
+@dataclass(frozen=True)
+class Defense:
+    """Base class; subclasses set ``name``, ``Params``, and override ``loss`` (and ``perturb``)."""
+
+    params: Any
+    attack: AttackSettings
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    default_random_start: ClassVar[str] = "uniform"
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    # -- inner maximisation ------------------------------------------------------------
+    def pgd(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss="ce") -> torch.Tensor:
+        """The training PGD with this defense's threat model, in eval mode."""
+        a = self.attack
+        return pgd(model, x, y, epsilon=a.epsilon, steps=a.steps, step_size=a.step_size,
+                   norm=a.norm, loss=loss, random_start=a.random_start or self.default_random_start,
+                   mode="eval")
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, state: Any = None,
+                *, ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.pgd(model, x, y)
+
+    # -- outer minimisation --------------------------------------------------------------
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
+             state: Any = None, *, ids: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    # -- memory, architecture, search ----------------------------------------------------
+    def init_state(self, *, num_examples: int, batch_size: int, num_classes: int) -> Any:
+        """Per-run memory (checkpointed by the engine); None for memoryless defenses."""
+        return None
+
+    def model_hook(self, model: nn.Module) -> nn.Module:
+        """Architecture change the defense needs (HE swaps the head); identity by default."""
+        return model
+
+    @classmethod
+    def search_space(cls, trial) -> dict[str, Any]:
+        """Optuna define-by-run space: returns TrialConfig overrides (incl. defense_params)."""
+        return {"weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-2, log=True),
+                "defense_params": {}}
+
+    @classmethod
+    def knobs(cls) -> dict[str, dict[str, Any]]:
+        return describe_knobs(cls.Params)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits.argmax(1) == y).float().mean().item()

@@ -1,0 +1,19 @@
+"""Standard training: cross-entropy on clean inputs, no attack."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from trainables.defenses import register_defense
+from trainables.defenses.base import Defense, accuracy
+
+
+@register_defense("standard")
+class StandardTraining(Defense):
+    def perturb(self, model, x, y, state=None, *, ids=None):
+        return x
+
+    def loss(self, model, x, y, x_adv, state=None, *, ids=None):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        return loss, {"loss": loss.item(), "train_accuracy": accuracy(logits, y)}
