@@ -21,7 +21,8 @@ command -v "$PYTHON" >/dev/null || { echo "setup: $PYTHON not found (Python 3.11
 
 echo "setup: creating $VENV and installing the pinned stack (a few minutes the first time)" >&2
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check $TORCH_PINS "$UV_PIN"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check $TORCH_PINS "$UV_PIN" \
+  2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" -r requirements.lock
 "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --no-deps -e .
 "$VENV/bin/python" -c 'import torch, torchvision, ray, optuna, mlflow, pyautoattack, safetensors'

@@ -111,15 +111,16 @@ def test_every_defense_trains_a_step(name, mnist_test_slice):
     model = create_model("mlp", in_channels=1, image_size=28, hidden=64, layers=2)
     defense = create_defense(name, attack=ATTACK)
     model = defense.model_hook(model)
-    state = defense.init_state(num_examples=60_000, batch_size=32, num_classes=10)
+    state = defense.init_state(num_examples=60_000, batch_size=32, num_classes=10, epochs=1)
     x_adv = defense.perturb(model, x, y, state, ids=torch.arange(32))
     assert x_adv.shape == x.shape and (x_adv - x).abs().max() <= ATTACK.epsilon + 1e-6
     model.train()
-    loss, metrics = defense.loss(model, x, y, x_adv, state, ids=torch.arange(32))
+    loss, metrics, state = defense.step(model, x, y, x_adv, state, ids=torch.arange(32))
     assert loss.dim() == 0 and torch.isfinite(loss)
     assert all(isinstance(v, float) for v in metrics.values())
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+    defense.after_backward(state, x_adv)
 
 
 @pytest.mark.parametrize("name", list_defenses())

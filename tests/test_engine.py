@@ -80,3 +80,23 @@ def test_a_diverging_loss_stops_training():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(FloatingPointError, match="nan"):
         train_epoch(model, defense, batches, optimizer)
+
+
+def test_train_epoch_runs_each_batch_replays_times_and_threads_the_state():
+    calls = []
+
+    class Counting(type(create_defense("standard", attack=AttackSettings(0.1, 1, 0.1)))):
+        replays = 3
+
+        def step(self, model, x, y, x_adv, state=None, *, ids=None):
+            loss, metrics, _ = super().step(model, x, y, x_adv, state, ids=ids)
+            calls.append(state)
+            return loss, metrics, state + 1
+
+    defense = Counting(params=None, attack=AttackSettings(0.1, 1, 0.1))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    batches = [(torch.rand(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), torch.arange(4))] * 2
+    metrics, state = train_epoch(model, defense, batches, torch.optim.SGD(model.parameters(), 0.1),
+                                 state=0)
+    assert calls == [0, 1, 2, 3, 4, 5] and state == 6
+    assert 0 <= metrics["train_accuracy"] <= 1

@@ -68,32 +68,38 @@ def _autocast(device: torch.device, bf16: bool):
 def train_epoch(model: nn.Module, defense, batches: Iterable, optimizer: torch.optim.Optimizer,
                 state: Any = None, *, device: torch.device = CPU,
                 bf16: bool = False, progress: Callable[[int, dict], None] | None = None
-                ) -> dict[str, float]:
-    """One pass over ``batches`` of (x, y, ids); returns the example-weighted mean metrics."""
+                ) -> tuple[dict[str, float], Any]:
+    """One pass over ``batches`` of (x, y, ids).
+
+    Returns the example-weighted mean metrics and the defense's next state (the protocol is in
+    ``trainables.defenses.base``).
+    """
     totals: dict[str, float] = {}
     seen, start = 0, time.perf_counter()
-    for step, (x, y, ids) in enumerate(batches):
+    for batch, (x, y, ids) in enumerate(batches):
         x, y, ids = x.to(device), y.to(device), ids.to(device)
-        with _autocast(device, bf16):
-            x_adv = defense.perturb(model, x, y, state, ids=ids)
-            with model_mode(model, "train"):
-                loss, metrics = defense.loss(model, x, y, x_adv, state, ids=ids)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss.item()} at batch {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        n = len(y)
-        seen += n
-        for key, value in metrics.items():
-            totals[key] = totals.get(key, 0.0) + value * n
+        for _ in range(defense.replays):
+            with _autocast(device, bf16):
+                x_adv = defense.perturb(model, x, y, state, ids=ids)
+                with model_mode(model, "train"):
+                    loss, metrics, state = defense.step(model, x, y, x_adv, state, ids=ids)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} at batch {batch}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            state = defense.after_backward(state, x_adv)
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + value * len(y)
+        seen += len(y)
         if progress is not None:
-            progress(n, metrics)
+            progress(len(y), metrics)
     seconds = time.perf_counter() - start
-    result = {f"train_{k}" if not k.startswith("train_") else k: v / max(seen, 1)
+    passes = max(seen * defense.replays, 1)
+    result = {f"train_{k}" if not k.startswith("train_") else k: v / passes
               for k, v in totals.items()}
     result.update(train_seconds=seconds, images_per_second=seen / max(seconds, 1e-9))
-    return result
+    return result, state
 
 
 def evaluate(model: nn.Module, dataset: data.ArrayDataset, *, epsilon: float, steps: int,
@@ -137,7 +143,8 @@ class TrainingRun:
                                          weight_decay=cfg.weight_decay)
         self.defense_state = self.defense.init_state(
             num_examples=len(data.raw_data(cfg.dataset, cfg.data_root).train_labels),
-            batch_size=cfg.batch_size, num_classes=cfg.dataset_info.num_classes)
+            batch_size=cfg.batch_size, num_classes=cfg.dataset_info.num_classes,
+            epochs=cfg.epochs)
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.epoch = 0  # epochs completed
 
@@ -153,9 +160,10 @@ class TrainingRun:
             group["lr"] = lr
         batches = data.iterate_batches(self.train_set, cfg.batch_size, shuffle=True,
                                        generator=self.shuffle)
-        metrics = train_epoch(self.model, self.defense, batches, self.optimizer,
-                              self.defense_state, device=self.device, bf16=cfg.bf16,
-                              progress=progress)
+        defense = self.defense.at_epoch(self.epoch, lr / cfg.lr)
+        metrics, self.defense_state = train_epoch(
+            self.model, defense, batches, self.optimizer, self.defense_state,
+            device=self.device, bf16=cfg.bf16, progress=progress)
         self.epoch += 1
         metrics.update(epoch=self.epoch, lr=lr)
         if self.epoch % cfg.eval_every == 0 or self.finished:

@@ -1,16 +1,20 @@
 """Defense registry: ``create_defense(name, attack=..., **knobs)`` / ``list_defenses()``.
 
-Each defense module registers its class with ``@register_defense("name")``.
+Each module of this package registers its classes with ``@register_defense("name")``; every
+module here is imported when the package is.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 from trainables.defenses.base import (
     AttackSettings,
     Defense,
     DefenseConfigError,
+    StepOutput,
     build_params,
 )
 from trainables.registry import Registry
@@ -40,8 +44,13 @@ def create_defense(name: str, *, attack: AttackSettings, **params: Any) -> Defen
     return cls(params=build_params(name, cls.Params, params), attack=attack)
 
 
-# Importing the modules registers them.
-from trainables.defenses import mart, pgd_at, standard, trades  # noqa: E402,F401
+def _import_all() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != "base":
+            importlib.import_module(f"{__name__}.{module.name}")
 
-__all__ = ["AttackSettings", "Defense", "DefenseConfigError", "create_defense",
+
+_import_all()
+
+__all__ = ["AttackSettings", "Defense", "DefenseConfigError", "StepOutput", "create_defense",
            "defense_class", "list_defenses", "register_defense"]

@@ -4,14 +4,25 @@ A defense is a frozen dataclass holding its validated knobs (``params``) and the
 of its training attack (``attack``). ``perturb`` is its inner maximisation, ``loss`` its outer
 minimisation: a pure function of (model, batch, state) returning the loss and detached metrics.
 Neither touches the optimizer, the device or global state; defenses with memory keep it in the
-explicit state object from ``init_state``.
+explicit state object from ``init_state`` and return its next value from ``step``.
+
+One training iteration, as the engine runs it (``replays`` times per batch; free-AT replays)::
+
+    defense = defense.at_epoch(epoch, lr_scale)          # epoch-dependent knobs, a new object
+    x_adv = defense.perturb(model, x, y, state, ids=ids)  # eval mode unless the paper says not
+    loss, metrics, state = defense.step(model, x, y, x_adv, state, ids=ids)   # train mode
+    loss.backward(); optimizer.step()
+    state = defense.after_backward(state, x_adv)          # x_adv.grad is set if it required grad
+
+A state object, when there is one, has ``state_dict()`` / ``load_state_dict()`` over tensors and
+plain data only, so checkpoints stay loadable with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -81,6 +92,12 @@ class AttackSettings:
             raise DefenseConfigError(f"random_start must be one of {RANDOM_STARTS}")
 
 
+class StepOutput(NamedTuple):
+    loss: torch.Tensor
+    metrics: dict[str, float]
+    state: Any
+
+
 @dataclass(frozen=True)
 class NoParams:
     """A defense without knobs."""
@@ -97,6 +114,7 @@ class Defense:
     Params: ClassVar[type] = NoParams
     default_random_start: ClassVar[str] = "uniform"
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    replays: ClassVar[int] = 1  # iterations per minibatch (free adversarial training: m)
 
     # -- inner maximisation ------------------------------------------------------------
     def pgd(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss="ce") -> torch.Tensor:
@@ -116,9 +134,27 @@ class Defense:
              ) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
+             state: Any = None, *, ids: torch.Tensor | None = None) -> StepOutput:
+        """Loss, metrics and the next state; memoryless defenses keep ``state`` as it is."""
+        loss, metrics = self.loss(model, x, y, x_adv, state, ids=ids)
+        return StepOutput(loss, metrics, state)
+
+    def after_backward(self, state: Any, x_adv: torch.Tensor) -> Any:
+        """Next state once ``loss.backward()`` has run (``x_adv.grad`` set if it needed one)."""
+        return state
+
+    def at_epoch(self, epoch: int, lr_scale: float) -> Defense:
+        """The defense for 0-based ``epoch`` when the learning rate is ``lr_scale`` × its
+        initial value; knobs that follow the schedule (EMR's λ) override this."""
+        return self
+
     # -- memory, architecture, search ----------------------------------------------------
-    def init_state(self, *, num_examples: int, batch_size: int, num_classes: int) -> Any:
-        """Per-run memory (checkpointed by the engine); None for memoryless defenses."""
+    def init_state(self, *, num_examples: int, batch_size: int, num_classes: int,
+                   epochs: int) -> Any:
+        """Per-run memory (checkpointed by the engine); None for memoryless defenses.
+
+        ``num_examples`` is the size of the id space (the official training set)."""
         return None
 
     def model_hook(self, model: nn.Module) -> nn.Module:
