@@ -38,6 +38,15 @@ def list_defenses() -> list[str]:
     return DEFENSES.names()
 
 
+def preset(name: str, preset_name: str) -> dict[str, Any]:
+    """A paper's reported setting of defense ``name`` as TrialConfig fields (with ``defense``)."""
+    presets = DEFENSES.get(name).presets
+    if preset_name not in presets:
+        raise KeyError(f"defense {name!r} has no preset {preset_name!r}; "
+                       f"known: {', '.join(sorted(presets)) or 'none'}")
+    return {"defense": name, **presets[preset_name]}
+
+
 def create_defense(name: str, *, attack: AttackSettings, **params: Any) -> Defense:
     """Build defense ``name`` with validated knobs; fails listing known names / allowed knobs."""
     cls = DEFENSES.get(name)
@@ -53,4 +62,4 @@ def _import_all() -> None:
 _import_all()
 
 __all__ = ["AttackSettings", "Defense", "DefenseConfigError", "StepOutput", "create_defense",
-           "defense_class", "list_defenses", "register_defense"]
+           "defense_class", "list_defenses", "preset", "register_defense"]

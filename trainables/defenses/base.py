@@ -115,6 +115,7 @@ class Defense:
     default_random_start: ClassVar[str] = "uniform"
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     replays: ClassVar[int] = 1  # iterations per minibatch (free adversarial training: m)
+    uses_training_epsilon: ClassVar[bool] = True  # False: the defense sets its own radii (SMD)
 
     # -- inner maximisation ------------------------------------------------------------
     def pgd(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss="ce") -> torch.Tensor:
