@@ -36,3 +36,14 @@ def trained_mlp():
             torch.nn.functional.cross_entropy(model(x), y).backward()
             optimizer.step()
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs) shared by the integration tests of a session."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -215,6 +215,17 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
     raise ConfigError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__})")
 
 
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``overrides``; dict fields (``defense_params``…) merge key-wise."""
+    result = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = {**result[key], **value}
+        else:
+            result[key] = value
+    return result
+
+
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key=value`` strings (YAML-typed values; dotted keys reach into dicts)."""
     result = dict(values)

@@ -1,0 +1,1 @@
+"""MLflow tracking (the only MLflow import of the service), leaderboard queries and reports."""

@@ -1,0 +1,186 @@
+"""The one MLflow module: sweep and trial runs, metrics, published checkpoints.
+
+Everything the service writes to MLflow goes through here, with three guarantees:
+
+* **Idempotent runs.** A run is found by its identity tags (sweep + trial id, or sweep alone
+  for the parent) before one is created, so a resumed or retried trial continues its own run.
+* **Idempotent metrics.** Every metric carries the timestamp it was first recorded with; MLflow
+  stores an identical (key, step, timestamp, value) once, so re-sending history is harmless.
+* **Outages are survivable.** Nothing raises into training when the tracking server is down:
+  :class:`TrialTracker` keeps what it could not send and sends it on the next ``sync``; the
+  history itself lives in the trial's checkpoint, so even a lost node loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Our own retry loop replaces MLflow's long HTTP backoff (minutes per call when a server is down).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+STATUS_TAG = "evaluation_status"  # pending → claimed → done / failed (the evaluation pool)
+MAX_PARAM_LENGTH = 6000
+
+
+def default_tracking_uri(root: str | os.PathLike = ".") -> str:
+    return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def default_artifact_location(root: str | os.PathLike = ".") -> str:
+    return (Path(root).resolve() / "mlartifacts").as_uri()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config → dotted string params (``defense_params.beta`` = ``6.0``)."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_LENGTH]
+    return flat
+
+
+class Tracking:
+    """A thin, typed face over ``MlflowClient`` for one experiment."""
+
+    def __init__(self, tracking_uri: str, experiment: str,
+                 artifact_location: str | None = None) -> None:
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        self.experiment_name = experiment
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            try:
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=artifact_location)
+            except Exception:  # another process created it first
+                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+        else:
+            self.experiment_id = found.experiment_id
+
+    def find_run(self, identity: dict[str, str]) -> str | None:
+        clauses = " and ".join(f"tags.`{k}` = '{v}'" for k, v in sorted(identity.items()))
+        runs = self.client.search_runs([self.experiment_id], filter_string=clauses,
+                                       max_results=2, order_by=["attributes.start_time ASC"])
+        return runs[0].info.run_id if runs else None
+
+    def get_or_create_run(self, identity: dict[str, str], *, run_name: str,
+                          parent_run_id: str | None = None,
+                          tags: dict[str, str] | None = None) -> str:
+        """The run carrying ``identity`` tags; created (as a child of the parent) if missing."""
+        run_id = self.find_run(identity)
+        if run_id is None:
+            all_tags = {**(tags or {}), **identity}
+            if parent_run_id:
+                all_tags[PARENT_TAG] = parent_run_id
+            run_id = self.client.create_run(self.experiment_id, tags=all_tags,
+                                            run_name=run_name).info.run_id
+        return run_id
+
+    def log(self, run_id: str, *, metrics: list[Metric] = (), params: dict[str, str] | None = None,
+            tags: dict[str, str] | None = None) -> None:
+        params = [Param(k, v) for k, v in (params or {}).items()]
+        tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        metrics = list(metrics)
+        for start in range(0, max(len(metrics), 1), 900):  # MLflow caps a batch at 1000
+            self.client.log_batch(run_id, metrics=metrics[start:start + 900],
+                                  params=params if start == 0 else [],
+                                  tags=tags if start == 0 else [])
+
+    def log_artifacts(self, run_id: str, local_dir: str | os.PathLike, path: str) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path=path)
+
+    def set_terminated(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+
+NOT_METRICS = {"epoch", "timestamp"}  # carried as each metric's step and timestamp
+
+
+def metrics_of(record: dict[str, Any], step: int, timestamp: int) -> list[Metric]:
+    return [Metric(key, float(value), timestamp, step) for key, value in record.items()
+            if key not in NOT_METRICS and isinstance(value, int | float)
+            and not isinstance(value, bool)]
+
+
+@dataclass
+class TrialTracker:
+    """A trial's run in a sweep: created on first contact, fed from the trial's own history.
+
+    ``history`` entries are per-epoch metric dicts with ``epoch`` and ``timestamp`` (ms) keys;
+    ``sync`` sends whatever has not been confirmed yet and returns whether all of it went.
+    """
+
+    tracking_uri: str
+    experiment: str
+    sweep: str
+    trial_id: str
+    parent_run_id: str | None
+    params: dict[str, Any]
+    tags: dict[str, str] = field(default_factory=dict)
+    artifact_location: str | None = None
+    run_id: str | None = None
+    _sent: int = 0
+    _tracking: Tracking | None = None
+
+    def _connect(self) -> Tracking:
+        if self._tracking is None:
+            self._tracking = Tracking(self.tracking_uri, self.experiment, self.artifact_location)
+        if self.run_id is None:
+            identity = {"sweep": self.sweep, "trial_id": self.trial_id}
+            self.run_id = self._tracking.get_or_create_run(
+                identity, run_name=self.trial_id, parent_run_id=self.parent_run_id,
+                tags={**self.tags, "kind": "trial"})
+            self._tracking.log(self.run_id, params=flatten(self.params))
+        return self._tracking
+
+    def sync(self, history: list[dict[str, Any]], *, tags: dict[str, str] | None = None) -> bool:
+        try:
+            tracking = self._connect()
+            pending = history[self._sent:]
+            metrics = [m for record in pending
+                       for m in metrics_of(record, int(record["epoch"]), int(record["timestamp"]))]
+            tracking.log(self.run_id, metrics=metrics, tags=tags)
+            self._sent = len(history)
+            return True
+        except Exception as error:  # the server may be down: keep training, retry next time
+            log.warning("tracking unavailable (%s); %d records kept for later",
+                        error.__class__.__name__, len(history) - self._sent)
+            return False
+
+    def publish(self, history: list[dict[str, Any]], checkpoint_dir: str | os.PathLike, *,
+                tags: dict[str, str], timeout_s: float = 600.0, poll_s: float = 5.0) -> None:
+        """Send all history, the best checkpoint and ``tags``, retrying up to ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if not self.sync(history):
+                    raise ConnectionError("tracking server unavailable")
+                tracking = self._connect()
+                tracking.log_artifacts(self.run_id, checkpoint_dir, "best_checkpoint")
+                tracking.log(self.run_id, tags=tags)
+                tracking.set_terminated(self.run_id)
+                return
+            except Exception as error:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"could not publish to {self.tracking_uri}: {error}"
+                                       ) from error
+                time.sleep(poll_s)

@@ -1,0 +1,1 @@
+"""One runnable script per study, all built on ``sweeps.runner``."""

@@ -1,0 +1,92 @@
+"""The command line every sweep script shares: flags, ``--smoke``, and the run itself."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from sweeps.runner import SAMPLERS, SweepSpec, run_sweep
+from trainables.config import merge
+
+# Real MNIST, a small MLP, a few short trials on the CPU: the whole stack in minutes.
+SMOKE_BASE: dict[str, Any] = {
+    "dataset": "mnist", "model": "mlp", "model_params": {"hidden": 64, "layers": 2},
+    "epochs": 3, "batch_size": 100, "lr": 0.05, "lr_milestones": [], "schedule": "constant",
+    "attack_steps": 3, "eval_steps": 5, "train_subset": 1000, "val_subset": 200,
+    "num_threads": 1, "device": "cpu", "epsilon": 0.1, "attack_step_size": 0.04,
+}
+
+
+def parse_args(description: str, argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true",
+                        help="real MNIST, small model, 4 trials of 3 epochs, CPU")
+    parser.add_argument("--samples", type=int, help="number of trials")
+    parser.add_argument("--concurrency", type=int, help="trials running at once")
+    parser.add_argument("--cpus-per-trial", type=float)
+    parser.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU")
+    parser.add_argument("--epochs", type=int, help="epochs per trial (ASHA's max_t)")
+    parser.add_argument("--sampler", choices=SAMPLERS)
+    parser.add_argument("--name", help="sweep name (Tune experiment, Optuna study, MLflow tag)")
+    parser.add_argument("--storage", help="Ray Tune storage path (shared storage on a cluster)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under "
+                                               "$ROBUST_SWEEPS_HOME)")
+    parser.add_argument("--experiment", help="MLflow experiment")
+    parser.add_argument("--optuna-storage", help="Optuna RDB URL (sqlite or postgresql)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a TrialConfig field for all trials")
+    return parser.parse_args(argv)
+
+
+def spec_from_args(spec: SweepSpec, args: argparse.Namespace) -> SweepSpec:
+    from trainables.config import apply_overrides
+
+    base = spec.base
+    changes: dict[str, Any] = {}
+    if args.smoke:
+        base = merge(base, SMOKE_BASE)
+        changes.update(num_samples=4, max_concurrent=2, cpus_per_trial=1.0, gpus_per_trial=0.0,
+                       name=f"{spec.name}-smoke")
+    if args.epochs:
+        base = {**base, "epochs": args.epochs}
+    base = apply_overrides(base, args.overrides)
+    flags = {"num_samples": args.samples, "max_concurrent": args.concurrency,
+             "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
+             "sampler": args.sampler, "name": args.name, "storage_path": args.storage,
+             "tracking_uri": args.tracking_uri, "experiment": args.experiment,
+             "optuna_storage": args.optuna_storage}
+    changes.update({k: v for k, v in flags.items() if v is not None})
+    return dataclasses.replace(spec, base=base, **changes)
+
+
+def summarize(results) -> dict[str, Any]:
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        rows.append({"trial_id": metrics.get("trial_id"), "epochs": metrics.get("epoch"),
+                     "val_clean_accuracy": metrics.get("val_clean_accuracy"),
+                     "val_robust_accuracy": metrics.get("val_robust_accuracy"),
+                     "error": str(result.error).splitlines()[0] if result.error else None})
+    return {"trials": len(rows), "errors": sum(r["error"] is not None for r in rows),
+            "results": rows}
+
+
+def main(spec: SweepSpec, description: str, argv: list[str] | None = None,
+         adjust: Callable[[SweepSpec, argparse.Namespace], SweepSpec] | None = None) -> int:
+    args = parse_args(description, argv)
+    spec = spec_from_args(spec, args)
+    if adjust is not None:
+        spec = adjust(spec, args)
+    resolved = spec.resolved()
+    print(f"sweep {resolved.name}: {resolved.num_samples} trials of {resolved.config.defense} on "
+          f"{resolved.config.model}/{resolved.config.dataset}; results in "
+          f"{resolved.storage_path}, tracking {resolved.tracking_uri}", file=sys.stderr)
+    results = run_sweep(spec, resume=args.resume)
+    print(json.dumps(summarize(results)))
+    return 0

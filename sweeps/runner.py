@@ -1,0 +1,212 @@
+"""The shared sweep runner: a :class:`SweepSpec` becomes a Ray Tune ``Tuner``.
+
+Optuna proposes each trial's knobs through the defense's define-by-run ``search_space``
+(TPE by default, NSGA-II for a clean-vs-robust Pareto sweep, CMA-ES or random on request),
+with the study in an RDB store that optuna-dashboard can read. ASHA stops hopeless trials on
+validation robust accuracy. One MLflow parent run stands for the sweep; each trial logs a child
+run (``trainables.trainable``). ``resume=True`` continues an interrupted sweep in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from dashboards.tracking import Tracking, default_artifact_location, default_tracking_uri, flatten
+from trainables.config import TrialConfig, merge
+from trainables.defenses import defense_class
+from trainables.trainable import OBJECTIVE, train_trial
+
+log = logging.getLogger(__name__)
+
+HOME_ENV = "ROBUST_SWEEPS_HOME"
+SAMPLERS = ("tpe", "nsga2", "cmaes", "random")
+PARETO = ("val_clean_accuracy", "val_robust_accuracy")
+
+
+def home() -> Path:
+    """Where sweeps keep results, databases and artifacts unless told otherwise."""
+    path = Path(os.environ.get(HOME_ENV, Path.home() / "robust-sweeps")).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def code_version() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# -------------------------------------------------------------------- search spaces
+def defense_space(defense: str, trial) -> dict[str, Any]:
+    """The defense's own define-by-run space, returned as TrialConfig overrides."""
+    return {"overrides": defense_class(defense).search_space(trial)}
+
+
+def seeds_only_space(trial) -> dict[str, Any]:
+    """For parameter-free controls (SMD): only the seed varies."""
+    return {"overrides": {"seed": trial.suggest_int("seed", 0, 2**31 - 1)}}
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    base: dict[str, Any]  # TrialConfig fields shared by every trial
+    num_samples: int = 8
+    max_concurrent: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    sampler: str = "tpe"
+    seeds_only: bool = False
+    early_stopping: bool = True  # ASHA on validation robust accuracy
+    grace_period: int = 1  # ASHA: epochs before a trial may be stopped
+    reduction_factor: int = 2
+    max_failures: int = 2
+    storage_path: str | None = None  # Ray Tune results (shared storage on a cluster)
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    artifact_location: str | None = None
+    optuna_storage: str | None = None
+    seed: int = 0
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.num_samples < 1 or self.max_concurrent < 1:
+            raise ValueError("num_samples and max_concurrent must be >= 1")
+        TrialConfig.from_dict(self.base)  # fail before any cluster work
+
+    @property
+    def config(self) -> TrialConfig:
+        return TrialConfig.from_dict(self.base)
+
+    def resolved(self) -> SweepSpec:
+        """Defaults spelled out: storage, tracking and Optuna stores under ``home()``."""
+        root = home()
+        return dataclasses.replace(
+            self,
+            storage_path=self.storage_path or str(root / "ray_results"),
+            tracking_uri=self.tracking_uri or default_tracking_uri(root),
+            experiment=self.experiment or "sweeps",
+            artifact_location=self.artifact_location or default_artifact_location(root),
+            optuna_storage=self.optuna_storage or f"sqlite:///{root / 'optuna.db'}",
+        )
+
+
+def _sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    if spec.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=spec.seed)
+    if spec.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=spec.seed, warn_independent_sampling=False)
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
+
+
+def build_searcher(spec: SweepSpec):
+    space = (seeds_only_space if spec.seeds_only
+             else functools.partial(defense_space, spec.config.defense))
+    pareto = spec.sampler == "nsga2"
+    searcher = OptunaSearch(
+        space=space,
+        metric=list(PARETO) if pareto else OBJECTIVE,
+        mode=["max", "max"] if pareto else "max",
+        sampler=_sampler(spec),
+        study_name=spec.name,
+        storage=optuna.storages.RDBStorage(spec.optuna_storage),
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
+
+
+def parent_run(spec: SweepSpec) -> str:
+    tracking = Tracking(spec.tracking_uri, spec.experiment, spec.artifact_location)
+    run_id = tracking.get_or_create_run({"sweep": spec.name, "kind": "sweep"}, run_name=spec.name,
+                                        tags={"defense": spec.config.defense, **spec.extra_tags})
+    tracking.log(run_id, params=flatten({"base": spec.base, "num_samples": spec.num_samples,
+                                         "sampler": spec.sampler}))
+    return run_id
+
+
+def build_tuner(spec: SweepSpec, *, resume: bool = False) -> tune.Tuner:
+    spec = spec.resolved()
+    trainable = tune.with_resources(train_trial, {"cpu": spec.cpus_per_trial,
+                                                  "gpu": spec.gpus_per_trial})
+    experiment_dir = Path(spec.storage_path) / spec.name
+    param_space = {
+        "base": merge(spec.base, {"eval_every": 1}),
+        "sweep": {"name": spec.name, "tracking_uri": spec.tracking_uri,
+                  "experiment": spec.experiment, "artifact_location": spec.artifact_location,
+                  "parent_run_id": parent_run(spec), "code_version": code_version()},
+    }
+    if resume:
+        if not tune.Tuner.can_restore(str(experiment_dir)):
+            raise FileNotFoundError(f"nothing to resume at {experiment_dir}")
+        return tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True,
+                                  resume_errored=True, param_space=param_space)
+    scheduler = None
+    if spec.early_stopping:
+        scheduler = ASHAScheduler(metric=OBJECTIVE, mode="max", max_t=spec.config.epochs,
+                                  grace_period=min(spec.grace_period, spec.config.epochs),
+                                  reduction_factor=spec.reduction_factor, time_attr="epoch")
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=build_searcher(spec), scheduler=scheduler,
+                                    num_samples=spec.num_samples, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=spec.storage_path,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            verbose=1,
+        ),
+    )
+
+
+def close_runs(spec: SweepSpec, results: tune.ResultGrid) -> None:
+    """Give every trial run its final MLflow status and close the sweep's parent run.
+
+    Completed trials closed their own runs when they published; what is left are trials the
+    scheduler stopped early (KILLED, tagged ``stopped_early``) and failed ones (FAILED, with
+    the reason).
+    """
+    spec = spec.resolved()
+    tracking = Tracking(spec.tracking_uri, spec.experiment, spec.artifact_location)
+    for result in results:
+        trial_id = (result.metrics or {}).get("trial_id")
+        run_id = trial_id and tracking.find_run({"sweep": spec.name, "trial_id": trial_id})
+        if not run_id or tracking.client.get_run(run_id).info.status == "FINISHED":
+            continue
+        if result.error:
+            reason = str(result.error).strip().splitlines()[-1][:5000]
+            tracking.log(run_id, tags={"failure": reason})
+            tracking.set_terminated(run_id, "FAILED")
+        else:
+            tracking.log(run_id, tags={"stopped_early": "true"})
+            tracking.set_terminated(run_id, "KILLED")
+    parent = tracking.find_run({"sweep": spec.name, "kind": "sweep"})
+    if parent:
+        tracking.set_terminated(parent, "FINISHED")
+
+
+def run_sweep(spec: SweepSpec, *, resume: bool = False) -> tune.ResultGrid:
+    results = build_tuner(spec, resume=resume).fit()
+    try:
+        close_runs(spec, results)
+    except Exception as error:  # the results are safe in Ray's storage; say so and go on
+        log.warning("could not close MLflow runs (%s); rerun with --resume to retry", error)
+    return results

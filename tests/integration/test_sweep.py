@@ -1,0 +1,68 @@
+"""A real smoke sweep: Ray Tune + Optuna (sqlite) + ASHA + MLflow (sqlite) on real MNIST."""
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps.cli import SMOKE_BASE, summarize
+from sweeps.runner import SweepSpec, run_sweep
+from trainables import data
+from trainables.checkpoints import load_checkpoint
+from trainables.engine import evaluate
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def sweep_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUST_SWEEPS_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_smoke_sweep_end_to_end(ray_cluster, sweep_home):
+    spec = SweepSpec(name="smoke", base={**SMOKE_BASE, "defense": "trades"}, num_samples=4,
+                     max_concurrent=2, seed=1)
+    results = run_sweep(spec)
+    summary = summarize(results)
+    assert summary["trials"] == 4 and summary["errors"] == 0
+    epochs = sorted(r["epochs"] for r in summary["results"])
+    assert epochs[0] < SMOKE_BASE["epochs"] == epochs[-1], "ASHA stopped no trial early"
+
+    resolved = spec.resolved()
+    client = MlflowClient(resolved.tracking_uri)
+    experiment = client.get_experiment_by_name(resolved.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    trial_ids = {r["trial_id"] for r in summary["results"]}
+    assert {r.data.tags["trial_id"] for r in children} == trial_ids
+    for run in children:
+        history = client.get_metric_history(run.info.run_id, "val_robust_accuracy")
+        reported = next(r for r in summary["results"] if r["trial_id"] == run.data.tags["trial_id"])
+        assert len(history) == reported["epochs"]
+        assert run.data.params["defense"] == "trades"
+        assert {"data_checksum", "code_version", "dataset", "model"} <= set(run.data.tags)
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    stopped = [r for r in children if r.info.status == "KILLED"]
+    assert finished and stopped and len(finished) + len(stopped) == 4
+    assert all(r.data.tags.get("evaluation_status") == "pending" for r in finished)
+    assert all(r.data.tags.get("stopped_early") == "true" for r in stopped)
+
+    study = optuna.load_study(study_name="smoke", storage=resolved.optuna_storage)
+    assert len(study.trials) == 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+    # the published best checkpoint loads from MLflow and scores as reported
+    best = max(finished, key=lambda r: float(r.data.tags["best_val_robust_accuracy"]))
+    local = client.download_artifacts(best.info.run_id, "best_checkpoint", str(sweep_home))
+    checkpoint = load_checkpoint(local)
+    config = checkpoint.config
+    val = data.load_dataset("mnist", "val", subset=config.val_subset)
+    scores = evaluate(checkpoint.model, val, epsilon=config.epsilon, steps=config.eval_steps,
+                      step_size=config.eval_step_size)
+    assert scores["robust_accuracy"] == pytest.approx(
+        float(best.data.tags["best_val_robust_accuracy"]))
+    assert scores["clean_accuracy"] == checkpoint.metrics["val_clean_accuracy"]

@@ -1,0 +1,97 @@
+"""The Ray Tune function trainable: a config dict in, per-epoch metrics and checkpoints out.
+
+The config dict Tune passes holds ``base`` (a TrialConfig dict), ``overrides`` (what the search
+space chose for this trial) and ``sweep`` (tracking settings). Every epoch the trial reports
+training and validation metrics and a checkpoint directory holding the latest state (to resume
+exactly), the best state by validation robust accuracy, and the metric history. A restarted
+trial resumes from ``tune.get_checkpoint()``; on completion it publishes its best checkpoint to
+its MLflow run, tagged as awaiting evaluation. This is the only module of ``trainables`` that
+imports Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from dashboards.tracking import STATUS_TAG, TrialTracker, now_ms
+from trainables.checkpoints import load_training_state, load_weights, save_checkpoint
+from trainables.config import TrialConfig, merge
+from trainables.engine import TrainingRun
+
+OBJECTIVE = "val_robust_accuracy"
+LATEST, BEST, RECORD = "latest", "best", "trial.json"
+
+
+class TrialDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the trial fails with this reason."""
+
+
+def trial_config(config: dict[str, Any]) -> TrialConfig:
+    return TrialConfig.from_dict(merge(config["base"], config.get("overrides") or {}))
+
+
+def _restore(run: TrainingRun, workdir: Path) -> dict[str, Any]:
+    record = json.loads((workdir / RECORD).read_text())
+    if record.get("diverged"):
+        raise TrialDiverged(record["diverged"])
+    state = load_training_state(workdir / LATEST)
+    run.load_state_dict({**state, "model": load_weights(workdir / LATEST)})
+    return record
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    cfg = trial_config(config)
+    sweep = config.get("sweep") or {}
+    context = tune.get_context()
+    trial_id = context.get_trial_id() or "local"
+    run = TrainingRun(cfg)
+    workdir = Path(tempfile.mkdtemp(prefix=f"trial-{trial_id}-"))
+    record: dict[str, Any] = {"history": [], "best": None, "diverged": None}
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as saved:
+            shutil.copytree(saved, workdir, dirs_exist_ok=True)
+        record = _restore(run, workdir)
+    tracker = None
+    if sweep.get("tracking_uri"):
+        tracker = TrialTracker(
+            tracking_uri=sweep["tracking_uri"], experiment=sweep["experiment"],
+            sweep=sweep["name"], trial_id=trial_id, parent_run_id=sweep.get("parent_run_id"),
+            artifact_location=sweep.get("artifact_location"), params=run.config.to_dict(),
+            tags={"sweep": sweep["name"], "defense": cfg.defense, "dataset": cfg.dataset,
+                  "model": cfg.model, "code_version": sweep.get("code_version", "unknown"),
+                  "data_checksum": run.train_set.checksum})
+    while not run.finished:
+        try:
+            metrics = run.run_epoch()
+        except FloatingPointError as error:
+            record["diverged"] = f"trial {trial_id} diverged at epoch {run.epoch + 1}: {error}"
+            (workdir / RECORD).write_text(json.dumps(record))
+            tune.report({"diverged": 1, "epoch": run.epoch},
+                        checkpoint=tune.Checkpoint.from_directory(str(workdir)))
+            raise TrialDiverged(record["diverged"]) from error
+        metrics["timestamp"] = now_ms()
+        record["history"].append(metrics)
+        save_checkpoint(workdir / LATEST, model=run.model, config=run.config, metrics=metrics,
+                        training_state=run.state_dict())
+        best = record["best"]
+        if best is None or metrics[OBJECTIVE] > best[OBJECTIVE]:
+            record["best"] = metrics
+            save_checkpoint(workdir / BEST, model=run.model, config=run.config, metrics=metrics)
+        (workdir / RECORD).write_text(json.dumps(record))
+        if tracker is not None and run.finished:
+            # before the last report: a scheduler may end the trial as soon as it has it
+            tracker.publish(record["history"], workdir / BEST, tags={
+                STATUS_TAG: "pending", "best_epoch": str(record["best"]["epoch"]),
+                f"best_{OBJECTIVE}": str(record["best"][OBJECTIVE])})
+        elif tracker is not None:
+            tracker.sync(record["history"])
+        report = {**metrics, f"best_{OBJECTIVE}": record["best"][OBJECTIVE]}
+        tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(workdir)))
+    shutil.rmtree(workdir, ignore_errors=True)
