@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from linear import relative_error as rel
 from torch import nn
 
 from trainables.defenses import AttackSettings, DefenseConfigError, create_defense
@@ -58,10 +59,6 @@ def numpy_terms(A, a, W, b, x, y, tau):
     margin_term = np.sum(np.where(correct, truncated, 0.0)) / n
     penalty = sum(np.sum((M @ M.T - np.eye(M.shape[0])) ** 2) for M in (A, W))
     return ce, margin_term, penalty, margins, correct
-
-
-def rel(actual, expected):
-    return abs(actual - expected) / abs(expected)
 
 
 def test_chosen_numbers_exercise_every_branch():

@@ -1,11 +1,11 @@
 """ALP, MAIL, IGR, Fast AT and Free AT against independent float64 computations of their equations
 on a linear model f(x) = W x + b, plus short training runs on real MNIST."""
 
-import io
-
+import linear
 import numpy as np
 import pytest
 import torch
+from linear import saved_and_loaded, softmax
 
 from trainables.defenses import AttackSettings, DefenseConfigError, create_defense
 from trainables.defenses.fast_free import FreeATState
@@ -17,23 +17,9 @@ ATTACK = AttackSettings(epsilon=EPS, steps=3, step_size=0.05)
 BASELINES = ["alp", "mail_at", "mail_trades", "igr", "fast_at", "free_at"]
 
 
-def linear_problem(seed=0, n=8, d=5, k=4):
-    rng = np.random.default_rng(seed)
-    W, b = rng.normal(size=(k, d)), rng.normal(size=k)
-    x = rng.uniform(size=(n, d))
-    x_adv = np.clip(x + rng.uniform(-EPS, EPS, size=(n, d)), 0, 1)
-    y = rng.integers(0, k, size=n)
-    model = torch.nn.Linear(d, k).double()
-    with torch.no_grad():
-        model.weight.copy_(torch.from_numpy(W))
-        model.bias.copy_(torch.from_numpy(b))
-    tensors = [torch.from_numpy(a) for a in (x, x_adv)] + [torch.from_numpy(y)]
-    return (W, b, x, x_adv, y), model, tensors
-
-
-def softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+def linear_problem(seed=0, n=8):
+    """Adversarial inputs within EPS of the clean ones, as a training attack's would be."""
+    return linear.linear_problem(seed, n, adversarial_radius=EPS)
 
 
 def onehot(y, k):
@@ -285,11 +271,8 @@ def test_free_at_replays_each_batch_and_checkpoints_its_delta(mnist_test_slice):
     assert state.delta.shape == (32, 1, 28, 28) and state.delta.abs().max() <= EPS
     assert state.delta.abs().max() == pytest.approx(EPS)  # several sign steps of size ε
 
-    buffer = io.BytesIO()
-    torch.save(state.state_dict(), buffer)
-    buffer.seek(0)
     restored = free.init_state(num_examples=60_000, batch_size=32, num_classes=10, epochs=1)
-    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    restored.load_state_dict(saved_and_loaded(state.state_dict()))
     assert torch.equal(restored.delta, state.delta)
     xb = batches[0][0]
     assert torch.equal(free.perturb(model, xb, None, restored), free.perturb(model, xb, None,

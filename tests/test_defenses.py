@@ -4,6 +4,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from linear import linear_problem, relative_error, softmax
 
 from trainables.config import TrialConfig
 from trainables.defenses import (
@@ -17,29 +18,6 @@ from trainables.models import create_model
 
 ATTACK = AttackSettings(epsilon=0.1, steps=3, step_size=0.05)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def linear_problem(seed=0, n=6, d=5, k=4):
-    """f(x) = W x + b in float64, with clean and fixed adversarial inputs."""
-    rng = np.random.default_rng(seed)
-    W, b = rng.normal(size=(k, d)), rng.normal(size=k)
-    x, x_adv = rng.uniform(size=(n, d)), rng.uniform(size=(n, d))
-    y = rng.integers(0, k, size=n)
-    model = torch.nn.Linear(d, k).double()
-    with torch.no_grad():
-        model.weight.copy_(torch.from_numpy(W))
-        model.bias.copy_(torch.from_numpy(b))
-    tensors = [torch.from_numpy(a) for a in (x, x_adv)] + [torch.from_numpy(y)]
-    return (W, b, x, x_adv, y), model, tensors
-
-
-def softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def relative_error(actual, expected):
-    return abs(actual - expected) / abs(expected)
 
 
 def test_registry_and_errors():

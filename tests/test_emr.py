@@ -6,6 +6,8 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from linear import linear_model, linear_problem, softmax
+from linear import relative_error as rel
 from torch import nn
 
 from trainables.config import ConfigError, TrialConfig
@@ -25,26 +27,9 @@ from trainables.models import create_model
 ATTACK = AttackSettings(epsilon=0.1, steps=3, step_size=0.05)
 
 
-def softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def rel(actual, expected):
-    return abs(actual - expected) / abs(expected)
-
-
-def linear(seed=0, n=7, d=5, k=4):
+def linear(seed=0):
     """f(x) = W x + b in float64 with clean and 'adversarial' inputs and labels."""
-    rng = np.random.default_rng(seed)
-    W, b = rng.normal(size=(k, d)), rng.normal(size=k)
-    x, x_adv = rng.uniform(size=(n, d)), rng.uniform(size=(n, d))
-    y = rng.integers(0, k, size=n)
-    model = nn.Linear(d, k).double()
-    with torch.no_grad():
-        model.weight.copy_(torch.from_numpy(W))
-        model.bias.copy_(torch.from_numpy(b))
-    return (W, b, x, x_adv, y), model, [torch.from_numpy(a) for a in (x, x_adv, y)]
+    return linear_problem(seed, n=7)
 
 
 def relu_net(seed=0, n=6, d=5, h=8, k=4):
@@ -53,11 +38,7 @@ def relu_net(seed=0, n=6, d=5, h=8, k=4):
     W1, b1 = rng.normal(size=(h, d)), rng.normal(size=h)
     W2, b2 = rng.normal(size=(k, h)), rng.normal(size=k)
     x = rng.uniform(size=(n, d))
-    model = nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, k)).double()
-    with torch.no_grad():
-        for layer, (w, bias) in zip((model[0], model[2]), ((W1, b1), (W2, b2)), strict=True):
-            layer.weight.copy_(torch.from_numpy(w))
-            layer.bias.copy_(torch.from_numpy(bias))
+    model = nn.Sequential(linear_model(W1, b1), nn.ReLU(), linear_model(W2, b2))
     masks = (x @ W1.T + b1 > 0).astype(float)  # (n, h)
     local_W = np.einsum("kh,nh,hd->nkd", W2, masks, W1)  # W_i = W2 diag(m_i) W1
     logits = np.maximum(x @ W1.T + b1, 0) @ W2.T + b2

@@ -7,6 +7,7 @@ s·cosθ, m-HE logits −s·θ, and the training losses of Table 1 with the marg
 import numpy as np
 import pytest
 import torch
+from linear import relative_error
 from torch import nn
 
 from attacks.pgd import pgd
@@ -62,10 +63,6 @@ def training_logits(cos, y, s, m, angular):
 
 def eval_logits(cos, s, angular):
     return -s * np.arccos(cos) if angular else s * cos
-
-
-def relative_error(actual, expected):
-    return abs(actual - expected) / abs(expected)
 
 
 def hooked(name, seed=0, **knobs):

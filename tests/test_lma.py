@@ -1,12 +1,12 @@
 """LMA-AT family against float64 numpy computations of the paper's equations (Sec. 3, Eq. 13,
 Table 1, Algorithm 1) on a linear model f(x) = W x + b."""
 
-import io
 import math
 
 import numpy as np
 import pytest
 import torch
+from linear import linear_model, relative_error, saved_and_loaded, softmax
 
 from trainables.defenses import AttackSettings, create_defense
 from trainables.defenses.lma import LMAState, margin_ce_attack_loss, mhuber
@@ -18,11 +18,6 @@ NAMES = ["at_lma", "trades_lma", "mart_lma", "lma_at"]
 
 
 # --------------------------------------------------------------------------- by hand
-def softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def mhuber_by_hand(d, alpha):
     values = []
     for di in np.ravel(d):
@@ -63,14 +58,11 @@ def expected_loss(name, z, z_adv, y, ema_adv, ema_nat, knobs):
     return margin + base + regulariser
 
 
-def linear_model(seed=0, n=6, d=5, k=4):
+def seeded_model(seed=0, d=5, k=4):
+    """A random f(x) = W x + b and the generator the batches are then drawn from."""
     rng = np.random.default_rng(seed)
     W, b = rng.normal(size=(k, d)), rng.normal(size=k)
-    model = torch.nn.Linear(d, k).double()
-    with torch.no_grad():
-        model.weight.copy_(torch.from_numpy(W))
-        model.bias.copy_(torch.from_numpy(b))
-    return rng, model
+    return rng, linear_model(W, b)
 
 
 def params_of(model):
@@ -81,10 +73,6 @@ def batch(rng, n=6, d=5, k=4):
     x, x_adv = rng.uniform(size=(n, d)), rng.uniform(size=(n, d))
     y = rng.integers(0, k, size=n)
     return (x, x_adv, y), (torch.from_numpy(x), torch.from_numpy(x_adv), torch.from_numpy(y))
-
-
-def relative_error(actual, expected):
-    return abs(actual - expected) / abs(expected)
 
 
 KNOBS = {"tau": 0.3, "delta": 0.9, "alpha": 1.0, "beta": 2.5}
@@ -123,7 +111,7 @@ def test_mhuber_on_both_branches_and_at_the_boundary():
 
 
 def test_margin_loss_matches_eq_13():
-    rng, model = linear_model(seed=3)
+    rng, model = seeded_model(seed=3)
     (x, x_adv, y), (tx, tx_adv, ty) = batch(rng)
     W, b = params_of(model)
     z_adv = x_adv @ W.T + b
@@ -143,7 +131,7 @@ def test_margin_loss_matches_eq_13():
 
 # --------------------------------------------------------------------------- the EMA
 def test_ema_recursion_over_three_iterations():
-    rng, model = linear_model(seed=4)
+    rng, model = seeded_model(seed=4)
     defense, knobs = make("lma_at")
     tau = knobs["tau"]
     state = defense.init_state(num_examples=100, batch_size=6, num_classes=4, epochs=1)
@@ -169,7 +157,7 @@ def test_ema_recursion_over_three_iterations():
 def test_previous_average_carries_no_gradient():
     """Three steps with fixed parameters (so a graph through the history would stay valid);
     the gradient of β·mHuber at step 3 must be that of the current logits alone."""
-    rng, model = linear_model(seed=5)
+    rng, model = seeded_model(seed=5)
     defense, knobs = make("lma_at", alpha=0.5)
     no_regulariser, _ = make("lma_at", alpha=0.5, beta=0.0)
     tau, alpha, beta = knobs["tau"], knobs["alpha"], knobs["beta"]
@@ -203,7 +191,7 @@ def test_previous_average_carries_no_gradient():
 # --------------------------------------------------------------------------- Table 1
 @pytest.mark.parametrize("name", NAMES)
 def test_full_loss_matches_table_1(name):
-    rng, model = linear_model(seed=6)
+    rng, model = seeded_model(seed=6)
     (x, x_adv, y), (tx, tx_adv, ty) = batch(rng)
     previous_adv, previous_nat = 2 * rng.normal(size=(6, 4)), 2 * rng.normal(size=(6, 4))
     state = LMAState(torch.from_numpy(previous_adv), torch.from_numpy(previous_nat))
@@ -227,7 +215,7 @@ def test_full_loss_matches_table_1(name):
 
 
 def test_short_last_batch_uses_and_updates_the_first_rows_only():
-    rng, model = linear_model(seed=7)
+    rng, model = seeded_model(seed=7)
     (x, x_adv, y), (tx, tx_adv, ty) = batch(rng, n=4)
     previous_adv, previous_nat = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
     state = LMAState(torch.from_numpy(previous_adv), torch.from_numpy(previous_nat))
@@ -250,17 +238,14 @@ def test_short_last_batch_uses_and_updates_the_first_rows_only():
 
 
 def test_state_dict_round_trip():
-    rng, model = linear_model(seed=8)
+    rng, model = seeded_model(seed=8)
     defense, _ = make("trades_lma")
     state = defense.init_state(num_examples=100, batch_size=6, num_classes=4, epochs=1)
     for _ in range(2):
         _, (tx, tx_adv, ty) = batch(rng)
         _, _, state = defense.step(model, tx, ty, tx_adv, state)
-    buffer = io.BytesIO()
-    torch.save(state.state_dict(), buffer)
-    buffer.seek(0)
     restored = defense.init_state(num_examples=100, batch_size=6, num_classes=4, epochs=1)
-    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    restored.load_state_dict(saved_and_loaded(state.state_dict()))
     assert torch.equal(restored.adversarial, state.adversarial)
     assert torch.equal(restored.natural, state.natural)
     _, (tx, tx_adv, ty) = batch(rng)

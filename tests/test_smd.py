@@ -5,13 +5,13 @@ Wᵀ(p − e_y), and the point where the segment [x, x_K] crosses the decision b
 smallest root of the linear logit differences along it.
 """
 
-import io
 import math
 from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
+from linear import linear_model, saved_and_loaded, softmax
 
 from trainables.defenses import AttackSettings, create_defense
 from trainables.defenses.smd import (
@@ -39,19 +39,6 @@ def one_thread():
 def smd(norm="linf"):
     return create_defense("smd", attack=AttackSettings(epsilon=0.1, steps=10, step_size=0.01,
                                                        norm=norm))
-
-
-def softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def linear_model(W, b):
-    model = torch.nn.Linear(W.shape[1], W.shape[0]).double()
-    with torch.no_grad():
-        model.weight.copy_(torch.from_numpy(W))
-        model.bias.copy_(torch.from_numpy(b))
-    return model
 
 
 def correct_problem(seed, n, d, k):
@@ -308,11 +295,8 @@ def test_state_round_trip_and_id_indexing(trained_mlp, mnist_test_slice):
     assert torch.allclose(margins[~expand], distance[~expand], atol=1e-7)
     assert bool((margins[expand] > 2 / 255).all())
 
-    buffer = io.BytesIO()
-    torch.save(state.state_dict(), buffer)
-    buffer.seek(0)
     loaded = defense.init_state(num_examples=512, batch_size=32, num_classes=10, epochs=150)
-    loaded.load_state_dict(torch.load(buffer, weights_only=True))
+    loaded.load_state_dict(saved_and_loaded(state.state_dict()))
     assert torch.equal(loaded.levels, state.levels)
     assert torch.equal(loaded.visited, state.visited)
     assert torch.equal(advance(loaded)[2].levels, advance(state)[2].levels)

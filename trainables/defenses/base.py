@@ -14,6 +14,9 @@ One training iteration, as the engine runs it (``replays`` times per batch; free
     loss.backward(); optimizer.step()
     state = defense.after_backward(state, x_adv)          # x_adv.grad is set if it required grad
 
+A defense added on top of another one (EMR, HE, IGR) subclasses ``ComposedDefense``: it names
+the knob choosing its base, forwards the base's knobs, and delegates all it does not change.
+
 A state object, when there is one, has ``state_dict()`` / ``load_state_dict()`` over tensors and
 plain data only, so checkpoints stay loadable with ``weights_only=True``.
 """
@@ -21,6 +24,7 @@ plain data only, so checkpoints stay loadable with ``weights_only=True``.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -41,15 +45,34 @@ def knob(default: Any, *, low: float | None = None, high: float | None = None,
                  metadata={"low": low, "high": high, "choices": choices, "doc": doc})
 
 
+_TYPES = {"float": float, "int": int, "bool": bool, "str": str}
+_OPTIONAL_WORDS = {float: "a number", int: "an integer", bool: "true or false", str: "a string"}
+
+
+def _knob_type(annotation: Any) -> tuple[Any, bool]:
+    """A knob's Python type and whether it may be None (``float | None``: a composed defense's
+    pass-through knob, None meaning the base's default)."""
+    if isinstance(annotation, str):  # postponed annotations
+        name = annotation.removesuffix(" | None")
+        return _TYPES.get(name, name), name != annotation
+    args = typing.get_args(annotation)
+    if len(args) == 2 and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return annotation, False
+
+
 def _check_value(owner: str, f: dataclasses.Field, value: Any) -> Any:
-    meta, expected = f.metadata, f.type
-    if expected in (float, "float") and isinstance(value, int) and not isinstance(value, bool):
+    meta = f.metadata
+    python_type, optional = _knob_type(f.type)
+    if optional and value is None:
+        return value
+    if python_type is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    python_type = {"float": float, "int": int, "bool": bool, "str": str}.get(expected, expected)
     if isinstance(python_type, type) and not isinstance(value, python_type) or (
             python_type in (int, float) and isinstance(value, bool)):
-        raise DefenseConfigError(f"{owner}.{f.name} must be {python_type.__name__}, "
-                                 f"got {value!r}")
+        expected = (f"{_OPTIONAL_WORDS.get(python_type, python_type.__name__)} or None"
+                    if optional else python_type.__name__)
+        raise DefenseConfigError(f"{owner}.{f.name} must be {expected}, got {value!r}")
     if meta.get("choices") is not None and value not in meta["choices"]:
         raise DefenseConfigError(f"{owner}.{f.name} must be one of {list(meta['choices'])}, "
                                  f"got {value!r}")
@@ -165,12 +188,17 @@ class Defense:
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:
         """Optuna define-by-run space: returns TrialConfig overrides (incl. defense_params)."""
-        return {"weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-2, log=True),
-                "defense_params": {}}
+        return with_weight_decay(trial, {})
 
     @classmethod
     def knobs(cls) -> dict[str, dict[str, Any]]:
         return describe_knobs(cls.Params)
+
+
+def with_weight_decay(trial, defense_params: dict[str, Any]) -> dict[str, Any]:
+    """TrialConfig overrides: ``defense_params`` and the weight decay every defense searches."""
+    return {"weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-2, log=True),
+            "defense_params": defense_params}
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:

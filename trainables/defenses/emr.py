@@ -21,7 +21,7 @@ learning rate's ratio to its initial value.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,13 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.pgd import model_mode
-from trainables.defenses import create_defense, defense_class, list_defenses, register_defense
-from trainables.defenses.base import Defense, DefenseConfigError, StepOutput, knob
+from trainables.defenses import register_defense
+from trainables.defenses.base import knob, with_weight_decay
+from trainables.defenses.composed import ComposedDefense
 
 # "standard" is not among SPEC's bases, but the paper's Table 1/2 ST+EMR rows need it.
 BASES = ("standard", "pgd_at", "trades", "mart", "mail_at", "mail_trades")
 SEARCHED_BASES = ("pgd_at", "trades", "mart", "mail_at", "mail_trades")
-PASS_THROUGH = ("beta", "slope", "bias")  # base knobs; None means the base's own default
 
 # Training settings shared by the paper's presets (Sec. 3, Sec. 5.1, Appendix A).
 _WRN = {"dataset": "cifar10", "model": "wrn-34-10", "lr": 0.1, "batch_size": 128}
@@ -74,7 +74,7 @@ def emr_penalty(model: nn.Module, x: torch.Tensor, *, temperature: float = 1.0,
 
 @register_defense("emr")
 @dataclass(frozen=True)
-class EffectiveMarginRegularization(Defense):
+class EffectiveMarginRegularization(ComposedDefense):
     @dataclass(frozen=True)
     class Params:
         emr_base: str = knob("pgd_at", choices=BASES, doc="defense EMR is added to")
@@ -86,22 +86,14 @@ class EffectiveMarginRegularization(Defense):
                                           "the approximation Eq. 7")
         emr_on: str = knob("adv", choices=("adv", "clean"), doc="inputs the regulariser is "
                                                                 "computed on (Table 4)")
+        # knobs of the base, forwarded to it; None: the base's default
         beta: float | None = knob(None, doc="base knob (trades, mart, mail_trades); "
                                             "None: the base's default")
         slope: float | None = knob(None, doc="base knob (mail_*); None: the base's default")
         bias: float | None = knob(None, doc="base knob (mail_*); None: the base's default")
 
-        def __post_init__(self) -> None:
-            for name in PASS_THROUGH:
-                value = getattr(self, name)
-                if value is None:
-                    continue
-                if isinstance(value, bool) or not isinstance(value, int | float):
-                    raise DefenseConfigError(f"emr.{name} must be a number or None, "
-                                             f"got {value!r}")
-                object.__setattr__(self, name, float(value))
-
-    base: Defense | None = field(default=None, repr=False, compare=False)
+    base_knob = "emr_base"
+    own_knobs = frozenset({"lambda_emr", "temperature", "emr_exact", "emr_on"})
 
     presets = {
         # Sec. 3, Table 1 (exact EMR; PGD20, ε=0.1, step 0.01 both for training and testing)
@@ -145,83 +137,29 @@ class EffectiveMarginRegularization(Defense):
             "lambda_emr": 3.0, "temperature": 1.0}},
     }
 
-    def __post_init__(self) -> None:
-        if self.base is None:
-            object.__setattr__(self, "base", _build_base(self.params, self.attack))
-
     # -- the regulariser ---------------------------------------------------------------
     def penalty(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
         inputs = x_adv if self.params.emr_on == "adv" else x
         return emr_penalty(model, inputs, temperature=self.params.temperature,
                            exact=self.params.emr_exact)
 
-    def _add_penalty(self, model, x, x_adv, base_loss, base_metrics):
+    def add_to_loss(self, model, x, y, x_adv, base_loss):
         emr = self.penalty(model, x, x_adv)
-        loss = base_loss + self.params.lambda_emr * emr
-        metrics = {**base_metrics, "base_loss": base_loss.item(), "emr_loss": emr.item(),
-                   "lambda_emr": float(self.params.lambda_emr), "loss": loss.item()}
-        return loss, metrics
-
-    # -- the Defense protocol, delegated to the base -------------------------------------
-    def perturb(self, model, x, y, state=None, *, ids=None):
-        return self.base.perturb(model, x, y, state, ids=ids)
-
-    def loss(self, model, x, y, x_adv, state=None, *, ids=None):
-        base_loss, base_metrics = self.base.loss(model, x, y, x_adv, state, ids=ids)
-        return self._add_penalty(model, x, x_adv, base_loss, base_metrics)
-
-    def step(self, model, x, y, x_adv, state=None, *, ids=None):
-        base_loss, base_metrics, state = self.base.step(model, x, y, x_adv, state, ids=ids)
-        loss, metrics = self._add_penalty(model, x, x_adv, base_loss, base_metrics)
-        return StepOutput(loss, metrics, state)
-
-    def after_backward(self, state, x_adv):
-        return self.base.after_backward(state, x_adv)
+        return base_loss + self.params.lambda_emr * emr, {
+            "emr_loss": emr.item(), "lambda_emr": float(self.params.lambda_emr)}
 
     def at_epoch(self, epoch: int, lr_scale: float) -> EffectiveMarginRegularization:
         params = dataclasses.replace(self.params, lambda_emr=self.params.lambda_emr * lr_scale)
-        return dataclasses.replace(self, params=params,
-                                   base=self.base.at_epoch(epoch, lr_scale))
-
-    def init_state(self, *, num_examples, batch_size, num_classes, epochs):
-        return self.base.init_state(num_examples=num_examples, batch_size=batch_size,
-                                    num_classes=num_classes, epochs=epochs)
-
-    def model_hook(self, model: nn.Module) -> nn.Module:
-        return self.base.model_hook(model)
+        return dataclasses.replace(super().at_epoch(epoch, lr_scale), params=params)
 
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:
-        bases = [name for name in SEARCHED_BASES if name in list_defenses()]
-        base = trial.suggest_categorical("emr_base", bases)
+        base = cls.suggest_base(trial, SEARCHED_BASES)
         params: dict[str, Any] = {
             "emr_base": base,
             "lambda_emr": trial.suggest_float("lambda_emr", 0.01, 10.0, log=True),
             "temperature": trial.suggest_float("temperature", 0.1, 100.0, log=True),
         }
-        if "beta" in _base_knobs(base):
+        if "beta" in cls.knobs_of_base(base):
             params["beta"] = trial.suggest_float("beta", 1.0, 12.0)
-        return {"weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-2, log=True),
-                "defense_params": params}
-
-
-def _base_knobs(name: str) -> set[str]:
-    try:
-        cls = defense_class(name)
-    except KeyError:
-        raise DefenseConfigError(f"emr_base {name!r} is not a registered defense; "
-                                 f"registered: {', '.join(list_defenses())}") from None
-    return {f.name for f in dataclasses.fields(cls.Params)}
-
-
-def _build_base(params, attack) -> Defense:
-    """The base defense with the pass-through knobs that were set; irrelevant ones fail."""
-    given = {name: getattr(params, name) for name in PASS_THROUGH
-             if getattr(params, name) is not None}
-    allowed = _base_knobs(params.emr_base)
-    irrelevant = sorted(set(given) - allowed)
-    if irrelevant:
-        own = ", ".join(sorted(allowed & set(PASS_THROUGH))) or "none of beta, slope, bias"
-        raise DefenseConfigError(f"knob(s) {irrelevant} do not apply to emr_base="
-                                 f"{params.emr_base!r} (it takes {own})")
-    return create_defense(params.emr_base, attack=attack, **given)
+        return with_weight_decay(trial, params)

@@ -31,7 +31,6 @@ loss (with s and m) as a PGD objective for the paper's adaptive attack (Sec. 4.1
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -39,13 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.defenses import create_defense, defense_class, list_defenses, register_defense
-from trainables.defenses.base import Defense, DefenseConfigError, StepOutput, accuracy, knob
+from trainables.defenses import defense_class, register_defense
+from trainables.defenses.base import StepOutput, accuracy, knob
+from trainables.defenses.composed import ComposedDefense
 
 BASES = ("pgd_at", "alp", "trades", "fast_at", "free_at")
-# Base knobs HE forwards, and the base that declares each (None: the base's own default).
-PASS_THROUGH = {"beta": "trades", "lambda_alp": "alp", "alpha_ratio": "fast_at",
-                "replays": "free_at"}
 _ACOS_EPS = 1e-6  # keeps arccos' gradient finite at cosθ = ±1
 
 # Sec. 4 (CIFAR-10): WRN-34-10, ε = 8/255, step 2/255, K = 10, 100 epochs, batch 128, lr 0.1
@@ -149,7 +146,7 @@ def _unmargined_accuracies(view: _MarginView, x, x_adv, metrics: dict[str, float
 
 @register_defense("he")
 @dataclass(frozen=True)
-class HypersphereEmbedding(Defense):
+class HypersphereEmbedding(ComposedDefense):
     """HE (FN + WN + AM) on top of the AT framework ``he_base``."""
 
     @dataclass(frozen=True)
@@ -157,6 +154,7 @@ class HypersphereEmbedding(Defense):
         he_base: str = knob("pgd_at", choices=BASES, doc="AT framework HE is embedded in")
         scale: float = knob(15.0, low=0.1, high=100.0, doc="s: logits are s·cosθ")
         margin: float = knob(0.2, low=0.0, high=1.0, doc="m: angular margin in training")
+        # knobs of the base, forwarded to it; None: the base's default
         beta: float | None = knob(None, doc="TRADES β (he_base=trades); None: its default")
         lambda_alp: float | None = knob(None, doc="ALP pairing weight λ on ‖cosθ − cosθ*‖ "
                                                   "(he_base=alp); None: its default")
@@ -165,6 +163,8 @@ class HypersphereEmbedding(Defense):
         replays: int | None = knob(None, doc="FreeAT replays m (he_base=free_at); "
                                              "None: its default")
 
+    base_knob = "he_base"
+    own_knobs = frozenset({"scale", "margin"})
     angular: ClassVar[bool] = False
     presets = {
         "pgd_at_he_cifar10": {**_CIFAR10, "weight_decay": 2e-4, "defense_params": {
@@ -181,34 +181,19 @@ class HypersphereEmbedding(Defense):
             "he_base": "free_at", "scale": 15.0, "margin": 0.2, "replays": 8}},
     }
 
-    def __post_init__(self) -> None:
-        p = self.params
-        declared = set(defense_class(p.he_base).knobs()) if p.he_base in list_defenses() else set()
-        knobs = {}
-        for name, owner in PASS_THROUGH.items():
-            value = getattr(p, name)
-            if value is None:
-                continue
-            if name not in declared:
-                raise DefenseConfigError(f"{self.name}.{name} applies to he_base={owner!r}, "
-                                         f"not {p.he_base!r}")
-            knobs[name] = value
-        if p.he_base == "alp" and "lambda_alp" in declared:
+    def base_params(self) -> dict[str, Any]:
+        knobs = super().base_params()
+        if self.params.he_base == "alp":
             # Table 1 pairs ‖W̃ᵀ(z̃ − z̃*)‖₂ = ‖cosθ − cosθ*‖₂; the base pairs the logits s·cosθ
             # with a norm (homogeneous of degree 1), so its weight is λ/s.
             weight = knobs.get("lambda_alp", defense_class("alp").knobs()["lambda_alp"]["default"])
-            knobs["lambda_alp"] = weight / p.scale
-        try:
-            base = create_defense(p.he_base, attack=self.attack, **knobs)
-        except KeyError as error:
-            raise DefenseConfigError(f"{self.name}: he_base {p.he_base!r} is not available: "
-                                     f"{error}") from None
-        object.__setattr__(self, "base", base)
+            knobs["lambda_alp"] = weight / self.params.scale
+        return knobs
 
     # -- architecture ----------------------------------------------------------------------
     def model_hook(self, model: nn.Module) -> nn.Module:
         """The base's hook, then the final layer swapped for the normalised cosine head."""
-        model = self.base.model_hook(model)
+        model = super().model_hook(model)
         head = getattr(model, "head", None)
         if not isinstance(head, nn.Linear) or not callable(getattr(model, "features", None)):
             raise TypeError(f"{self.name} needs a model with features(x) and an nn.Linear "
@@ -220,28 +205,6 @@ class HypersphereEmbedding(Defense):
             cosine.weight.copy_(head.weight)
         model.head = cosine
         return model
-
-    # -- delegated to the base -------------------------------------------------------------
-    @property
-    def replays(self) -> int:
-        return self.base.replays
-
-    def perturb(self, model, x, y, state=None, *, ids=None):
-        return self.base.perturb(model, x, y, state, ids=ids)
-
-    def after_backward(self, state, x_adv):
-        return self.base.after_backward(state, x_adv)
-
-    def init_state(self, **kwargs) -> Any:
-        return self.base.init_state(**kwargs)
-
-    def at_epoch(self, epoch: int, lr_scale: float) -> Defense:
-        base = self.base.at_epoch(epoch, lr_scale)
-        if base is self.base:
-            return self
-        scheduled = dataclasses.replace(self)
-        object.__setattr__(scheduled, "base", base)
-        return scheduled
 
     # -- outer minimisation ----------------------------------------------------------------
     @property
@@ -262,10 +225,6 @@ class HypersphereEmbedding(Defense):
         _unmargined_accuracies(view, x, x_adv, metrics)
         return StepOutput(loss, metrics, state)
 
-    def loss(self, model, x, y, x_adv, state=None, *, ids=None):
-        loss, metrics, _ = self.step(model, x, y, x_adv, state, ids=ids)
-        return loss, metrics
-
     def _trades_loss(self, model, x, y, x_adv):
         logits, logits_adv = model(x), model(x_adv)
         natural = F.cross_entropy(margin_logits(logits, y, self.shift), y)
@@ -280,8 +239,7 @@ class HypersphereEmbedding(Defense):
     @classmethod
     def search_space(cls, trial) -> dict[str, Any]:
         """s, m, the framework and (conditionally) its knobs with the base's own ranges."""
-        available = [b for b in BASES if b in list_defenses()]
-        base = trial.suggest_categorical("he_base", available)
+        base = cls.suggest_base(trial)
         base_space = defense_class(base).search_space(trial)
         params = {"he_base": base, "scale": trial.suggest_float("scale", 5.0, 30.0),
                   "margin": trial.suggest_float("margin", 0.0, 0.5),

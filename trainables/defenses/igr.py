@@ -16,19 +16,18 @@ BatchNorm would couple the examples of a batch) and BatchNorm statistics are not
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from attacks.pgd import model_mode
-from trainables.defenses import create_defense, defense_class, register_defense
-from trainables.defenses.base import Defense, DefenseConfigError, StepOutput, knob
+from trainables.defenses import register_defense
+from trainables.defenses.base import knob, with_weight_decay
+from trainables.defenses.composed import ComposedDefense
 
 # where each supported base evaluates the cross-entropy whose input gradient is penalised
 PENALTY_POINT = {"standard": "clean", "pgd_at": "adversarial", "trades": "clean"}
-_OWN_KNOBS = ("lambda_igr", "igr_base")  # every other knob is a base knob, None: its default
 
 
 def input_gradient_penalty(model, point: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -43,7 +42,7 @@ def input_gradient_penalty(model, point: torch.Tensor, y: torch.Tensor) -> torch
 
 @register_defense("igr")
 @dataclass(frozen=True)
-class InputGradientRegularization(Defense):
+class InputGradientRegularization(ComposedDefense):
     @dataclass(frozen=True)
     class Params:
         lambda_igr: float = knob(1.0, low=0.0, high=1e4, doc="weight of ‖∇ₓ CE‖²")
@@ -51,7 +50,8 @@ class InputGradientRegularization(Defense):
                              doc="the defense whose loss is regularised")
         beta: float | None = knob(None, doc="TRADES β (igr_base='trades'); None: its default")
 
-    base: Defense | None = field(default=None, compare=False, repr=False)
+    base_knob = "igr_base"
+    own_knobs = frozenset({"lambda_igr"})  # every other knob is a base knob, None: its default
 
     presets = {  # EMR appendix, Tables 6-7 (ResNet-18 and WRN-34-10 alike)
         "emr_at_igr": {"weight_decay": 1e-3,
@@ -61,56 +61,18 @@ class InputGradientRegularization(Defense):
                                               "lambda_igr": 1.0}},
     }
 
-    def __post_init__(self) -> None:
-        if self.base is None:
-            name = self.params.igr_base
-            forwarded = {f.name: getattr(self.params, f.name)
-                         for f in dataclasses.fields(self.params)
-                         if f.name not in _OWN_KNOBS and getattr(self.params, f.name) is not None}
-            foreign = sorted(set(forwarded) - set(defense_class(name).knobs()))
-            if foreign:
-                raise DefenseConfigError(f"knob(s) {foreign} do not apply to igr_base={name!r}")
-            object.__setattr__(self, "base", create_defense(name, attack=self.attack, **forwarded))
-
     # the base does everything except the penalty
-    def perturb(self, model, x, y, state=None, *, ids=None):
-        return self.base.perturb(model, x, y, state, ids=ids)
-
-    def init_state(self, **sizes):
-        return self.base.init_state(**sizes)
-
-    def model_hook(self, model):
-        return self.base.model_hook(model)
-
-    def after_backward(self, state, x_adv):
-        return self.base.after_backward(state, x_adv)
-
-    def at_epoch(self, epoch, lr_scale):
-        return dataclasses.replace(self, base=self.base.at_epoch(epoch, lr_scale))
-
-    @property
-    def replays(self) -> int:
-        return self.base.replays
-
-    def step(self, model, x, y, x_adv, state=None, *, ids=None):
-        base_loss, metrics, state = self.base.step(model, x, y, x_adv, state, ids=ids)
+    def add_to_loss(self, model, x, y, x_adv, base_loss):
         point = x if PENALTY_POINT[self.params.igr_base] == "clean" else x_adv
         penalty = input_gradient_penalty(model, point, y)
-        loss = base_loss + self.params.lambda_igr * penalty
-        metrics = {**metrics, "loss": loss.item(), "base_loss": base_loss.item(),
-                   "input_gradient_penalty": penalty.item()}
-        return StepOutput(loss, metrics, state)
-
-    def loss(self, model, x, y, x_adv, state=None, *, ids=None):
-        loss, metrics, _ = self.step(model, x, y, x_adv, state, ids=ids)
-        return loss, metrics
+        return base_loss + self.params.lambda_igr * penalty, {
+            "input_gradient_penalty": penalty.item()}
 
     @classmethod
     def search_space(cls, trial):
-        base = trial.suggest_categorical("igr_base", ["pgd_at", "trades", "standard"])
+        base = cls.suggest_base(trial, ["pgd_at", "trades", "standard"])
         params = {"igr_base": base,
                   "lambda_igr": trial.suggest_float("lambda_igr", 0.01, 10.0, log=True)}
-        if base == "trades":
+        if "beta" in cls.knobs_of_base(base):
             params["beta"] = trial.suggest_float("beta", 1.0, 12.0)
-        return {"weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-2, log=True),
-                "defense_params": params}
+        return with_weight_decay(trial, params)
