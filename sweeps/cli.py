@@ -39,6 +39,8 @@ def parse_args(description: str, argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--experiment", help="MLflow experiment")
     parser.add_argument("--optuna-storage", help="Optuna RDB URL (sqlite or postgresql)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, the "
+                                          "cluster of a submitted job, or a new local one)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a TrialConfig field for all trials")
     return parser.parse_args(argv)
@@ -87,6 +89,10 @@ def main(spec: SweepSpec, description: str, argv: list[str] | None = None,
     print(f"sweep {resolved.name}: {resolved.num_samples} trials of {resolved.config.defense} on "
           f"{resolved.config.model}/{resolved.config.dataset}; results in "
           f"{resolved.storage_path}, tracking {resolved.tracking_uri}", file=sys.stderr)
+    if args.address:
+        import ray
+
+        ray.init(address=args.address)
     results = run_sweep(spec, resume=args.resume)
     print(json.dumps(summarize(results)))
     return 0

@@ -103,7 +103,10 @@ class SweepSpec:
             storage_path=self.storage_path or str(root / "ray_results"),
             tracking_uri=self.tracking_uri or default_tracking_uri(root),
             experiment=self.experiment or "sweeps",
-            artifact_location=self.artifact_location or default_artifact_location(root),
+            # a tracking server keeps artifacts in its own store (--artifacts-destination)
+            artifact_location=self.artifact_location or (
+                None if str(self.tracking_uri).startswith("http")
+                else default_artifact_location(root)),
             optuna_storage=self.optuna_storage or f"sqlite:///{root / 'optuna.db'}",
         )
 
@@ -148,7 +151,8 @@ def build_tuner(spec: SweepSpec, *, resume: bool = False) -> tune.Tuner:
                                                   "gpu": spec.gpus_per_trial})
     experiment_dir = Path(spec.storage_path) / spec.name
     param_space = {
-        "base": merge(spec.base, {"eval_every": 1}),
+        "base": merge({"margin_every": max(1, spec.config.epochs // 10)},
+                      merge(spec.base, {"eval_every": 1})),
         "sweep": {"name": spec.name, "tracking_uri": spec.tracking_uri,
                   "experiment": spec.experiment, "artifact_location": spec.artifact_location,
                   "parent_run_id": parent_run(spec), "code_version": code_version()},

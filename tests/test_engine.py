@@ -40,6 +40,16 @@ def test_training_improves_clean_and_robust_accuracy():
     assert {"train_seconds", "images_per_second", "lr", "val_n"} <= set(after)
 
 
+def test_effective_margin_is_reported_every_few_epochs():
+    run = TrainingRun(TrialConfig.from_dict({**TINY, "defense": "standard", "epochs": 3,
+                                             "margin_every": 2, "margin_subset": 64}))
+    reports = [run.run_epoch() for _ in range(3)]
+    assert "val_effective_margin_mean" not in reports[0]
+    assert reports[1]["val_effective_margin_mean"] > 0  # correctly classified points only
+    assert reports[1]["val_effective_margin_count"] <= 64
+    assert "val_effective_margin_std" in reports[2]  # the last epoch always reports
+
+
 def test_resume_continues_exactly(tmp_path):
     config = TrialConfig.from_dict({**TINY, "defense": "trades"})
     straight = TrainingRun(config)

@@ -62,6 +62,8 @@ class TrialConfig:
     eval_steps: int = 20
     eval_step_size: float | None = None  # None: attack_step_size
     eval_every: int = 1
+    margin_every: int = 0  # effective margin (EMR Eq. 3) on the validation split; 0: never
+    margin_subset: int = 500
     # execution
     seed: int = 0
     device: str = "auto"
@@ -108,9 +110,9 @@ class TrialConfig:
         _choice("device", self.device, DEVICES)
         for name in ("epochs", "batch_size", "eval_every"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("attack_steps", "eval_steps", "split_seed", "seed"):
+        for name in ("attack_steps", "eval_steps", "split_seed", "seed", "margin_every"):
             _at_least(name, getattr(self, name), 0)
-        for name in ("train_subset", "val_subset", "test_subset", "num_threads"):
+        for name in ("train_subset", "val_subset", "test_subset", "num_threads", "margin_subset"):
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 1)
         if self.val_size is not None:

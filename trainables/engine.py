@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attacks.margins import effective_margin_summary
 from attacks.pgd import model_mode, pgd
 from trainables import data
 from trainables.config import TrialConfig
@@ -169,7 +170,15 @@ class TrainingRun:
         if self.epoch % cfg.eval_every == 0 or self.finished:
             validation = self.evaluate(self.val_set)
             metrics.update({f"val_{k}": v for k, v in validation.items()})
+        if cfg.margin_every and (self.epoch % cfg.margin_every == 0 or self.finished):
+            metrics.update({f"val_{k}": v for k, v in self.margins().items() if k != "n"})
         return metrics
+
+    def margins(self) -> dict[str, float]:
+        """Effective margin (EMR Eq. 3) over the first ``margin_subset`` validation images."""
+        x, y = self.val_set.tensors()
+        n = min(self.config.margin_subset, len(y))
+        return effective_margin_summary(self.model, x[:n].to(self.device), y[:n].to(self.device))
 
     def evaluate(self, dataset: data.ArrayDataset) -> dict[str, float]:
         cfg = self.config

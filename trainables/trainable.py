@@ -52,12 +52,13 @@ def train_trial(config: dict[str, Any]) -> None:
     trial_id = context.get_trial_id() or "local"
     run = TrainingRun(cfg)
     workdir = Path(tempfile.mkdtemp(prefix=f"trial-{trial_id}-"))
-    record: dict[str, Any] = {"history": [], "best": None, "diverged": None}
+    record: dict[str, Any] = {"history": [], "best": None, "diverged": None, "restarts": 0}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as saved:
             shutil.copytree(saved, workdir, dirs_exist_ok=True)
         record = _restore(run, workdir)
+        record["restarts"] = record.get("restarts", 0) + 1
     tracker = None
     if sweep.get("tracking_uri"):
         tracker = TrialTracker(
@@ -92,6 +93,7 @@ def train_trial(config: dict[str, Any]) -> None:
                 f"best_{OBJECTIVE}": str(record["best"][OBJECTIVE])})
         elif tracker is not None:
             tracker.sync(record["history"])
-        report = {**metrics, f"best_{OBJECTIVE}": record["best"][OBJECTIVE]}
+        report = {**metrics, f"best_{OBJECTIVE}": record["best"][OBJECTIVE],
+                  "restarts": record["restarts"]}
         tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(workdir)))
     shutil.rmtree(workdir, ignore_errors=True)

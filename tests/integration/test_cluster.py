@@ -1,0 +1,147 @@
+"""Sweeps against real clusters: ``ray job submit``, a killed driver, a lost worker node, and a
+tracking server that goes away for a minute. Each test starts and stops its own processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.integration.cluster import BIN, ROOT, MlflowServer, RayNode, spawn, stop_group
+
+pytestmark = pytest.mark.integration
+SMOKE = ["sweeps/emr_wrn.py", "--smoke"]
+
+
+def summary_of(log: Path) -> dict:
+    lines = [line for line in log.read_text().splitlines() if line.startswith('{"trials"')]
+    assert lines, log.read_text()[-3000:]
+    return json.loads(lines[-1])
+
+
+def trial_runs(tracking_uri: str, experiment: str = "sweeps"):
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return client, []
+    runs = client.search_runs([found.experiment_id], filter_string="tags.kind = 'trial'")
+    return client, runs
+
+
+def wait_for(condition, timeout_s: float, what: str, poll_s: float = 2.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def test_ray_job_submit_runs_the_smoke_sweep(tmp_path):
+    head = RayNode(tmp_path / "ray", cpus=2, dashboard=True)
+    try:
+        head.wait_until_up(nodes=1)
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_API_SERVER_ADDRESS": head.dashboard_url}
+        runtime_env = json.dumps({"env_vars": {"ROBUST_SWEEPS_HOME": str(tmp_path / "home")}})
+        result = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--working-dir", ".", "--runtime-env-json",
+             runtime_env, "--", str(BIN / "python"), *SMOKE, "--samples", "2", "--epochs", "1"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert "succeeded" in result.stdout + result.stderr
+        log = tmp_path / "job.log"
+        log.write_text(result.stdout)
+        summary = summary_of(log)
+        assert summary["trials"] == 2 and summary["errors"] == 0
+    finally:
+        head.stop()
+
+
+def test_resume_after_the_driver_is_killed(tmp_path):
+    env = {"ROBUST_SWEEPS_HOME": str(tmp_path)}
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [str(BIN / "python"), *SMOKE, "--samples", "4", "--name", "resume"]
+    driver = spawn(args, tmp_path / "first.log", env)
+    try:
+        wait_for(lambda: any(r.info.status == "FINISHED" for r in trial_runs(tracking_uri)[1]),
+                 timeout_s=600, what="a first finished trial")
+    finally:
+        stop_group(driver, grace_s=1)  # the driver dies with its local Ray cluster
+    second = spawn([*args, "--resume"], tmp_path / "second.log", env)
+    assert second.wait(timeout=900) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    summary = summary_of(tmp_path / "second.log")
+    assert summary["trials"] == 4 and summary["errors"] == 0
+    _, runs = trial_runs(tracking_uri)
+    assert sorted(r.data.tags["trial_id"] for r in runs) == sorted(
+        r["trial_id"] for r in summary["results"])
+    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4 and len(study.trials) == 4
+
+
+def test_a_lost_worker_node_does_not_lose_trials(tmp_path):
+    head = RayNode(tmp_path / "ray", cpus=1)
+    worker = None
+    try:
+        head.wait_until_up(nodes=1)
+        worker = RayNode(tmp_path / "ray", cpus=1, head_address=head.address)
+        head.wait_until_up(nodes=2)
+        env = {"ROBUST_SWEEPS_HOME": str(tmp_path)}
+        tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        driver = spawn([str(BIN / "python"), *SMOKE, "--samples", "2", "--address",
+                        head.address, "--set", "train_subset=3000", "--epochs", "4"],
+                       tmp_path / "driver.log", env)
+        # both trials running (one per node) and past their first checkpoint
+        wait_for(lambda: sum(len(client.get_metric_history(r.info.run_id, "val_robust_accuracy"))
+                             >= 1 for client, runs in [trial_runs(tracking_uri)] for r in runs)
+                 >= 2, timeout_s=600, what="two trials with a checkpoint")
+        worker.stop()
+        assert driver.wait(timeout=900) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        summary = summary_of(tmp_path / "driver.log")
+        assert summary["trials"] == 2 and summary["errors"] == 0
+        results = [json.loads(line) for path in (tmp_path / "ray_results").rglob("result.json")
+                   for line in path.read_text().splitlines()]
+        assert any(r.get("restarts", 0) >= 1 for r in results), "no trial was resumed"
+        resumed = [r for r in results if r.get("restarts", 0) >= 1]
+        assert min(r["epoch"] for r in resumed) >= 2, "the resumed trial started from scratch"
+    finally:
+        if worker is not None:
+            worker.stop()
+        head.stop()
+
+
+def test_tracking_server_outage_loses_nothing(tmp_path):
+    server = MlflowServer(tmp_path / "mlflow")
+    server.start()
+    try:
+        env = {"ROBUST_SWEEPS_HOME": str(tmp_path)}
+        driver = spawn([str(BIN / "python"), *SMOKE, "--samples", "4", "--tracking-uri",
+                        server.uri, "--epochs", "4", "--set", "train_subset=2000"],
+                       tmp_path / "driver.log", env)
+        wait_for(lambda: trial_runs(server.uri)[1], timeout_s=600, what="a first trial run")
+        server.stop()
+        time.sleep(60)
+        server.start()
+        assert driver.wait(timeout=1200) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        summary = summary_of(tmp_path / "driver.log")
+        assert summary["trials"] == 4 and summary["errors"] == 0
+        client, runs = trial_runs(server.uri)
+        assert len(runs) == 4
+        by_trial = {r.data.tags["trial_id"]: r for r in runs}
+        for result in summary["results"]:
+            run = by_trial[result["trial_id"]]
+            history = client.get_metric_history(run.info.run_id, "val_robust_accuracy")
+            assert [m.step for m in history] == list(range(1, result["epochs"] + 1))
+            if run.info.status == "FINISHED":
+                files = {a.path for a in client.list_artifacts(run.info.run_id, "best_checkpoint")}
+                assert "best_checkpoint/model.safetensors" in files
+        assert any(r.info.status == "FINISHED" for r in runs)
+    finally:
+        server.stop()
