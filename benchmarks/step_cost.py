@@ -6,6 +6,9 @@ falls on all of them alike. The printed ratio is the median step time of a defen
 median step time of ``pgd_at`` in the same run.
 
     .venv/bin/python benchmarks/step_cost.py --model small_cnn --batches 4 --rounds 5
+
+A defense is named alone (its default knobs) or with knobs: ``emr:emr_base=trades,beta=12``.
+By default every registered defense is measured, plus TRADES+EMR (the paper's second ratio).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import statistics
 import time
 
 import torch
+import yaml
 
 from trainables import data
 from trainables.defenses import AttackSettings, create_defense, list_defenses
@@ -23,6 +27,16 @@ from trainables.engine import train_epoch
 from trainables.models import create_model
 
 REFERENCE = "pgd_at"
+EXTRA = ["emr:emr_base=trades"]
+
+
+def parse_defense(text: str) -> tuple[str, dict]:
+    name, _, knobs = text.partition(":")
+    params = {}
+    for item in filter(None, knobs.split(",")):
+        key, _, value = item.partition("=")
+        params[key] = yaml.safe_load(value)
+    return name, params
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,7 +57,7 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = args.defenses or list_defenses()
+    names = args.defenses or [*list_defenses(), *EXTRA]
     if REFERENCE not in names:
         names = [REFERENCE, *names]
     info = data.dataset_info(args.dataset)
@@ -54,7 +68,8 @@ def main() -> None:
     setups = {}
     for name in names:
         torch.manual_seed(0)
-        defense = create_defense(name, attack=attack)
+        defense_name, params = parse_defense(name)
+        defense = create_defense(defense_name, attack=attack, **params)
         model = defense.model_hook(create_model(
             args.model, num_classes=info.num_classes, in_channels=info.channels,
             image_size=info.image_size, mean=info.mean, std=info.std))
@@ -78,10 +93,10 @@ def main() -> None:
     print(f"model {args.model}, {args.dataset} batch {args.batch_size}, "
           f"{args.attack_steps}-step training attack, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} rounds x {args.batches} steps")
-    print(f"{'defense':<16}{'ms/step':>10}{'× pgd_at':>10}")
+    print(f"{'defense':<24}{'ms/step':>10}{'× pgd_at':>10}")
     for name in sorted(names, key=lambda n: statistics.median(times[n])):
         median = statistics.median(times[name])
-        print(f"{name:<16}{1000 * median:>10.1f}{median / reference:>10.2f}")
+        print(f"{name:<24}{1000 * median:>10.1f}{median / reference:>10.2f}")
 
 
 if __name__ == "__main__":

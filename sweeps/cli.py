@@ -6,10 +6,11 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
-from sweeps.runner import SAMPLERS, SweepSpec, run_sweep
+from sweeps.runner import SAMPLERS, SweepSpec, failure_reason, run_sweep
 from trainables.config import merge
 
 # Real MNIST, a small MLP, a few short trials on the CPU: the whole stack in minutes.
@@ -67,16 +68,21 @@ def spec_from_args(spec: SweepSpec, args: argparse.Namespace) -> SweepSpec:
     return dataclasses.replace(spec, base=base, **changes)
 
 
-def summarize(results) -> dict[str, Any]:
+def summarize(results, wall_seconds: float | None = None) -> dict[str, Any]:
+    """Per-trial outcome, and the sweep's wall time against the trials' own time."""
     rows = []
     for result in results:
         metrics = result.metrics or {}
         rows.append({"trial_id": metrics.get("trial_id"), "epochs": metrics.get("epoch"),
                      "val_clean_accuracy": metrics.get("val_clean_accuracy"),
                      "val_robust_accuracy": metrics.get("val_robust_accuracy"),
-                     "error": str(result.error).splitlines()[0] if result.error else None})
-    return {"trials": len(rows), "errors": sum(r["error"] is not None for r in rows),
-            "results": rows}
+                     "seconds": metrics.get("time_total_s"),
+                     "error": failure_reason(result.error) if result.error else None})
+    summary = {"trials": len(rows), "errors": sum(r["error"] is not None for r in rows),
+               "trial_seconds": sum(r["seconds"] or 0.0 for r in rows), "results": rows}
+    if wall_seconds is not None:
+        summary["wall_seconds"] = wall_seconds
+    return summary
 
 
 def main(spec: SweepSpec, description: str, argv: list[str] | None = None,
@@ -90,9 +96,13 @@ def main(spec: SweepSpec, description: str, argv: list[str] | None = None,
           f"{resolved.config.model}/{resolved.config.dataset}; results in "
           f"{resolved.storage_path}, tracking {resolved.tracking_uri}", file=sys.stderr)
     if args.address:
+        import os
+
         import ray
 
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # `ray start` clusters use tokens
         ray.init(address=args.address)
+    start = time.perf_counter()
     results = run_sweep(spec, resume=args.resume)
-    print(json.dumps(summarize(results)))
+    print(json.dumps(summarize(results, time.perf_counter() - start)))
     return 0

@@ -181,6 +181,12 @@ def build_tuner(spec: SweepSpec, *, resume: bool = False) -> tune.Tuner:
     )
 
 
+def failure_reason(error: BaseException) -> str:
+    """The exception's own message: the last line of Ray's wrapped traceback."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1][:5000] if lines else repr(error)
+
+
 def close_runs(spec: SweepSpec, results: tune.ResultGrid) -> None:
     """Give every trial run its final MLflow status and close the sweep's parent run.
 
@@ -196,8 +202,7 @@ def close_runs(spec: SweepSpec, results: tune.ResultGrid) -> None:
         if not run_id or tracking.client.get_run(run_id).info.status == "FINISHED":
             continue
         if result.error:
-            reason = str(result.error).strip().splitlines()[-1][:5000]
-            tracking.log(run_id, tags={"failure": reason})
+            tracking.log(run_id, tags={"failure": failure_reason(result.error)})
             tracking.set_terminated(run_id, "FAILED")
         else:
             tracking.log(run_id, tags={"stopped_early": "true"})

@@ -43,7 +43,7 @@ def ray_cluster():
     """One local Ray cluster (2 CPUs) shared by the integration tests of a session."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     yield ray
     ray.shutdown()

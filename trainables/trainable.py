@@ -12,6 +12,7 @@ imports Ray.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -68,13 +69,16 @@ def train_trial(config: dict[str, Any]) -> None:
             tags={"sweep": sweep["name"], "defense": cfg.defense, "dataset": cfg.dataset,
                   "model": cfg.model, "code_version": sweep.get("code_version", "unknown"),
                   "data_checksum": run.train_set.checksum})
+        tracker.sync(record["history"])  # the run exists from the start, failures included
     while not run.finished:
         try:
             metrics = run.run_epoch()
         except FloatingPointError as error:
             record["diverged"] = f"trial {trial_id} diverged at epoch {run.epoch + 1}: {error}"
             (workdir / RECORD).write_text(json.dumps(record))
-            tune.report({"diverged": 1, "epoch": run.epoch},
+            # NaN objectives: schedulers (nanpercentile) and searchers see no usable value
+            tune.report({"diverged": 1, "epoch": run.epoch + 1, OBJECTIVE: math.nan,
+                         "val_clean_accuracy": math.nan},
                         checkpoint=tune.Checkpoint.from_directory(str(workdir)))
             raise TrialDiverged(record["diverged"]) from error
         metrics["timestamp"] = now_ms()

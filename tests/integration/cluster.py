@@ -16,6 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+# clusters from `ray start` use token authentication; their clients must say so
+TOKEN_AUTH = {"RAY_AUTH_MODE": "token"}
 
 
 def free_port() -> int:
@@ -48,7 +50,8 @@ def _group_alive(pgid: int) -> bool:
 
 def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(args, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
+                            env={**os.environ, **TOKEN_AUTH, **(env or {})},
+                            start_new_session=True)
 
 
 class RayNode:
@@ -85,7 +88,8 @@ class RayNode:
                 raise RuntimeError(f"ray start exited with {self.process.returncode}")
             try:
                 result = subprocess.run([str(BIN / "python"), "-c", count], capture_output=True,
-                                        text=True, cwd=ROOT, timeout=60)
+                                        text=True, cwd=ROOT, timeout=60,
+                                        env={**os.environ, **TOKEN_AUTH})
             except subprocess.TimeoutExpired:
                 continue
             lines = result.stdout.strip().splitlines()

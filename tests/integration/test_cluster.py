@@ -96,9 +96,9 @@ def test_a_lost_worker_node_does_not_lose_trials(tmp_path):
         env = {"ROBUST_SWEEPS_HOME": str(tmp_path)}
         tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         driver = spawn([str(BIN / "python"), *SMOKE, "--samples", "2", "--address",
-                        head.address, "--set", "train_subset=3000", "--epochs", "4"],
+                        head.address, "--set", "train_subset=30000", "--epochs", "6"],
                        tmp_path / "driver.log", env)
-        # both trials running (one per node) and past their first checkpoint
+        # both trials running (one per node, ~10 s an epoch) and past their first checkpoint
         wait_for(lambda: sum(len(client.get_metric_history(r.info.run_id, "val_robust_accuracy"))
                              >= 1 for client, runs in [trial_runs(tracking_uri)] for r in runs)
                  >= 2, timeout_s=600, what="two trials with a checkpoint")

@@ -20,11 +20,12 @@ def sweep_home(tmp_path, monkeypatch):
 
 
 def test_smoke_sweep_end_to_end(ray_cluster, sweep_home):
-    spec = SweepSpec(name="smoke", base={**SMOKE_BASE, "defense": "trades"}, num_samples=4,
+    trials = 6  # with ASHA's halving, a trial that trails at the first rung stops there
+    spec = SweepSpec(name="smoke", base={**SMOKE_BASE, "defense": "trades"}, num_samples=trials,
                      max_concurrent=2, seed=1)
     results = run_sweep(spec)
     summary = summarize(results)
-    assert summary["trials"] == 4 and summary["errors"] == 0
+    assert summary["trials"] == trials and summary["errors"] == 0
     epochs = sorted(r["epochs"] for r in summary["results"])
     assert epochs[0] < SMOKE_BASE["epochs"] == epochs[-1], "ASHA stopped no trial early"
 
@@ -35,7 +36,7 @@ def test_smoke_sweep_end_to_end(ray_cluster, sweep_home):
     parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
     children = [r for r in runs if r.data.tags.get("kind") == "trial"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 4
+    assert len(children) == trials
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     trial_ids = {r["trial_id"] for r in summary["results"]}
     assert {r.data.tags["trial_id"] for r in children} == trial_ids
@@ -47,12 +48,12 @@ def test_smoke_sweep_end_to_end(ray_cluster, sweep_home):
         assert {"data_checksum", "code_version", "dataset", "model"} <= set(run.data.tags)
     finished = [r for r in children if r.info.status == "FINISHED"]
     stopped = [r for r in children if r.info.status == "KILLED"]
-    assert finished and stopped and len(finished) + len(stopped) == 4
+    assert finished and stopped and len(finished) + len(stopped) == trials
     assert all(r.data.tags.get("evaluation_status") == "pending" for r in finished)
     assert all(r.data.tags.get("stopped_early") == "true" for r in stopped)
 
     study = optuna.load_study(study_name="smoke", storage=resolved.optuna_storage)
-    assert len(study.trials) == 4
+    assert len(study.trials) == trials
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
 
     # the published best checkpoint loads from MLflow and scores as reported
@@ -66,3 +67,17 @@ def test_smoke_sweep_end_to_end(ray_cluster, sweep_home):
     assert scores["robust_accuracy"] == pytest.approx(
         float(best.data.tags["best_val_robust_accuracy"]))
     assert scores["clean_accuracy"] == checkpoint.metrics["val_clean_accuracy"]
+
+
+def test_a_diverging_trial_fails_with_its_reason(ray_cluster, sweep_home):
+    spec = SweepSpec(name="diverge", base={**SMOKE_BASE, "defense": "pgd_at", "lr": 1e30},
+                     num_samples=1, max_concurrent=1)
+    summary = summarize(run_sweep(spec))
+    assert summary["trials"] == 1 and summary["errors"] == 1
+    assert "diverged" in summary["results"][0]["error"]
+    resolved = spec.resolved()
+    client = MlflowClient(resolved.tracking_uri)
+    experiment = client.get_experiment_by_name(resolved.experiment)
+    (run,) = client.search_runs([experiment.experiment_id], filter_string="tags.kind = 'trial'")
+    assert run.info.status == "FAILED"
+    assert "diverged at epoch 1" in run.data.tags["failure"]
