@@ -81,3 +81,19 @@ def test_a_diverging_trial_fails_with_its_reason(ray_cluster, sweep_home):
     (run,) = client.search_runs([experiment.experiment_id], filter_string="tags.kind = 'trial'")
     assert run.info.status == "FAILED"
     assert "diverged at epoch 1" in run.data.tags["failure"]
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "cmaes"])
+def test_pareto_and_cma_es_samplers(ray_cluster, sweep_home, sampler):
+    spec = SweepSpec(name=f"sampler-{sampler}", base={**SMOKE_BASE, "defense": "trades",
+                                                      "epochs": 1},
+                     num_samples=2, max_concurrent=2, sampler=sampler)
+    summary = summarize(run_sweep(spec))
+    assert summary["trials"] == 2 and summary["errors"] == 0
+    study = optuna.load_study(study_name=spec.name, storage=spec.resolved().optuna_storage)
+    assert len(study.trials) == 2
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    if sampler == "nsga2":  # clean and robust accuracy, both maximised
+        assert len(study.directions) == 2
+        assert all(len(t.values) == 2 for t in study.trials)
+    assert all("beta" in t.params and "weight_decay" in t.params for t in study.trials)
