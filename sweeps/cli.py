@@ -17,7 +17,7 @@ from trainables.config import merge
 SMOKE_BASE: dict[str, Any] = {
     "dataset": "mnist", "model": "mlp", "model_params": {"hidden": 64, "layers": 2},
     "epochs": 3, "batch_size": 100, "lr": 0.05, "lr_milestones": [], "schedule": "constant",
-    "attack_steps": 3, "eval_steps": 5, "train_subset": 1000, "val_subset": 200,
+    "attack_steps": 3, "eval_steps": 5, "train_subset": 2000, "val_subset": 200,
     "num_threads": 1, "device": "cpu", "epsilon": 0.1, "attack_step_size": 0.04,
 }
 
@@ -55,7 +55,7 @@ def spec_from_args(spec: SweepSpec, args: argparse.Namespace) -> SweepSpec:
     if args.smoke:
         base = merge(base, SMOKE_BASE)
         changes.update(num_samples=4, max_concurrent=2, cpus_per_trial=1.0, gpus_per_trial=0.0,
-                       name=f"{spec.name}-smoke")
+                       grace_period=1, reduction_factor=2, name=f"{spec.name}-smoke")
     if args.epochs:
         base = {**base, "epochs": args.epochs}
     base = apply_overrides(base, args.overrides)

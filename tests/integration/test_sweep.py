@@ -21,8 +21,9 @@ def sweep_home(tmp_path, monkeypatch):
 
 def test_smoke_sweep_end_to_end(ray_cluster, sweep_home):
     trials = 6  # with ASHA's halving, a trial that trails at the first rung stops there
-    spec = SweepSpec(name="smoke", base={**SMOKE_BASE, "defense": "trades"}, num_samples=trials,
-                     max_concurrent=2, seed=1)
+    # epochs long enough (~1 s) for the scheduler's decision to arrive before the next report
+    spec = SweepSpec(name="smoke", base={**SMOKE_BASE, "defense": "trades"},
+                     num_samples=trials, max_concurrent=2, seed=1)
     results = run_sweep(spec)
     summary = summarize(results)
     assert summary["trials"] == trials and summary["errors"] == 0
