@@ -5,6 +5,7 @@ scale s, the angular margin m, the framework (PGD-AT, ALP, TRADES, FastAT, FreeA
 knobs, and the weight decay. ``--smoke`` runs it on real MNIST with TRADES' small CNN on the CPU.
 """
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -22,10 +23,10 @@ SPEC = SweepSpec(
 )
 
 
-def smoke_model(spec, args):
+def smoke_model(spec: SweepSpec, args) -> SweepSpec:
     if args.smoke:  # the cosine head is exercised on a convolutional network
-        return spec.__class__(**{**spec.__dict__, "base": {**spec.base, "model": "small_cnn",
-                                                           "model_params": {}}})
+        return dataclasses.replace(spec, base={**spec.base, "model": "small_cnn",
+                                               "model_params": {}})
     return spec
 
 

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 from dashboards.tracking import Tracking, default_artifact_location, default_tracking_uri, flatten
 from trainables.config import TrialConfig, merge
 from trainables.defenses import defense_class
-from trainables.trainable import OBJECTIVE, train_trial
+from trainables.trainable import OBJECTIVE, read_record, train_trial, trial_tracker
 
 log = logging.getLogger(__name__)
 
@@ -188,9 +189,11 @@ def failure_reason(error: BaseException) -> str:
 
 
 def close_runs(spec: SweepSpec, results: tune.ResultGrid) -> None:
-    """Give every trial run its final MLflow status and close the sweep's parent run.
+    """Reconcile MLflow with Ray's durable results, then give every run its final status.
 
-    Completed trials closed their own runs when they published; what is left are trials the
+    Each trial's history is re-sent from its last checkpoint (idempotent), so what a tracking
+    outage kept from MLflow — even the whole run of a trial stopped early meanwhile — arrives
+    now. Completed trials closed their own runs when they published; what is left are trials the
     scheduler stopped early (KILLED, tagged ``stopped_early``) and failed ones (FAILED, with
     the reason).
     """
@@ -198,6 +201,11 @@ def close_runs(spec: SweepSpec, results: tune.ResultGrid) -> None:
     tracking = Tracking(spec.tracking_uri, spec.experiment, spec.artifact_location)
     for result in results:
         trial_id = (result.metrics or {}).get("trial_id")
+        if trial_id and result.checkpoint is not None:
+            record = read_record(result.checkpoint)
+            tracker = trial_tracker(result.config["sweep"], trial_id, record)
+            if tracker is not None and not tracker.sync(record["history"]):
+                raise ConnectionError(f"tracking server {spec.tracking_uri} unavailable")
         run_id = trial_id and tracking.find_run({"sweep": spec.name, "trial_id": trial_id})
         if not run_id or tracking.client.get_run(run_id).info.status == "FINISHED":
             continue
@@ -212,10 +220,20 @@ def close_runs(spec: SweepSpec, results: tune.ResultGrid) -> None:
         tracking.set_terminated(parent, "FINISHED")
 
 
-def run_sweep(spec: SweepSpec, *, resume: bool = False) -> tune.ResultGrid:
+def run_sweep(spec: SweepSpec, *, resume: bool = False,
+              tracking_patience_s: float = 600.0) -> tune.ResultGrid:
+    """Run (or resume) the sweep, then reconcile MLflow with the results, waiting up to
+    ``tracking_patience_s`` for a tracking server that is down."""
     results = build_tuner(spec, resume=resume).fit()
-    try:
-        close_runs(spec, results)
-    except Exception as error:  # the results are safe in Ray's storage; say so and go on
-        log.warning("could not close MLflow runs (%s); rerun with --resume to retry", error)
-    return results
+    deadline = time.monotonic() + tracking_patience_s
+    while True:
+        try:
+            close_runs(spec, results)
+            return results
+        except Exception as error:  # the results are safe in Ray's storage
+            if time.monotonic() > deadline:
+                log.warning("could not reconcile MLflow (%s); rerun with --resume to retry",
+                            error)
+                return results
+            log.warning("tracking unavailable (%s); retrying", error.__class__.__name__)
+            time.sleep(10)

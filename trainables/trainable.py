@@ -46,6 +46,24 @@ def _restore(run: TrainingRun, workdir: Path) -> dict[str, Any]:
     return record
 
 
+def trial_tracker(sweep: dict[str, Any], trial_id: str,
+                  record: dict[str, Any]) -> TrialTracker | None:
+    """The MLflow face of a trial, rebuilt alike in the trial and, afterwards, in the driver."""
+    if not sweep.get("tracking_uri"):
+        return None
+    return TrialTracker(
+        tracking_uri=sweep["tracking_uri"], experiment=sweep["experiment"], sweep=sweep["name"],
+        trial_id=trial_id, parent_run_id=sweep.get("parent_run_id"),
+        artifact_location=sweep.get("artifact_location"), params=record["params"],
+        tags=record["tags"])
+
+
+def read_record(checkpoint: tune.Checkpoint) -> dict[str, Any]:
+    """A trial's record (history, best, params, tags) from one of its checkpoints."""
+    with checkpoint.as_directory() as saved:
+        return json.loads((Path(saved) / RECORD).read_text())
+
+
 def train_trial(config: dict[str, Any]) -> None:
     cfg = trial_config(config)
     sweep = config.get("sweep") or {}
@@ -60,15 +78,13 @@ def train_trial(config: dict[str, Any]) -> None:
             shutil.copytree(saved, workdir, dirs_exist_ok=True)
         record = _restore(run, workdir)
         record["restarts"] = record.get("restarts", 0) + 1
-    tracker = None
-    if sweep.get("tracking_uri"):
-        tracker = TrialTracker(
-            tracking_uri=sweep["tracking_uri"], experiment=sweep["experiment"],
-            sweep=sweep["name"], trial_id=trial_id, parent_run_id=sweep.get("parent_run_id"),
-            artifact_location=sweep.get("artifact_location"), params=run.config.to_dict(),
-            tags={"sweep": sweep["name"], "defense": cfg.defense, "dataset": cfg.dataset,
-                  "model": cfg.model, "code_version": sweep.get("code_version", "unknown"),
-                  "data_checksum": run.train_set.checksum})
+    record.setdefault("params", run.config.to_dict())
+    record.setdefault("tags", {"sweep": sweep.get("name", ""), "defense": cfg.defense,
+                               "dataset": cfg.dataset, "model": cfg.model,
+                               "code_version": sweep.get("code_version", "unknown"),
+                               "data_checksum": run.train_set.checksum})
+    tracker = trial_tracker(sweep, trial_id, record)
+    if tracker is not None:
         tracker.sync(record["history"])  # the run exists from the start, failures included
     while not run.finished:
         try:
