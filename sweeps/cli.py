@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from sweeps.runner import SAMPLERS, SweepSpec, failure_reason, run_sweep
-from trainables.config import merge
+from trainables.config import apply_overrides, merge
 
 # Real MNIST, a small MLP, a few short trials on the CPU: the whole stack in minutes.
 SMOKE_BASE: dict[str, Any] = {
@@ -48,8 +49,6 @@ def parse_args(description: str, argv: list[str] | None) -> argparse.Namespace:
 
 
 def spec_from_args(spec: SweepSpec, args: argparse.Namespace) -> SweepSpec:
-    from trainables.config import apply_overrides
-
     base = spec.base
     changes: dict[str, Any] = {}
     if args.smoke:
@@ -96,8 +95,6 @@ def main(spec: SweepSpec, description: str, argv: list[str] | None = None,
           f"{resolved.config.model}/{resolved.config.dataset}; results in "
           f"{resolved.storage_path}, tracking {resolved.tracking_uri}", file=sys.stderr)
     if args.address:
-        import os
-
         import ray
 
         os.environ.setdefault("RAY_AUTH_MODE", "token")  # `ray start` clusters use tokens

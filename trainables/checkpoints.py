@@ -132,3 +132,11 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any] | None:
     """The optimizer / defense / RNG state saved beside the weights, or None."""
     file = Path(path) / TRAINING_STATE
     return safe_torch_load(file) if file.exists() else None
+
+
+def resume(run, path: str | os.PathLike) -> None:
+    """Put a ``TrainingRun`` back where the checkpoint at ``path`` left it."""
+    state = load_training_state(path)
+    if state is None:
+        raise CheckpointError(f"{path} holds no training state to resume from")
+    run.load_state_dict({**state, "model": load_weights(Path(path))})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from trainables.checkpoints import load_training_state, load_weights, save_checkpoint
+from trainables.checkpoints import CheckpointError, resume, save_checkpoint
 from trainables.config import ConfigError, TrialConfig, apply_overrides
 from trainables.engine import TrainingRun
 
@@ -43,10 +43,7 @@ def load_run(args: argparse.Namespace) -> tuple[TrainingRun, Path]:
         config_values = json.loads((args.resume / "config.json").read_text())
         config = TrialConfig.from_dict(apply_overrides(config_values, args.overrides))
         run = TrainingRun(config)
-        state = load_training_state(args.resume)
-        if state is None:
-            raise SystemExit(f"{args.resume} holds no training state to resume from")
-        run.load_state_dict({**state, "model": load_weights(args.resume)})
+        resume(run, args.resume)
         return run, args.resume
     config = TrialConfig.from_yaml(args.config, args.overrides)
     run_dir = Path(config.output_dir) / (args.run_name or default_run_name(config))
@@ -100,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         run, checkpoint = load_run(args)
     except ConfigError as error:
         log(f"config error: {error}")
+        return 2
+    except (CheckpointError, OSError) as error:
+        log(f"cannot resume: {error}")
         return 2
     final = train(run, checkpoint, quiet=args.quiet)
     print(json.dumps(final))

@@ -21,7 +21,7 @@ from typing import Any
 from ray import tune
 
 from dashboards.tracking import STATUS_TAG, TrialTracker, now_ms
-from trainables.checkpoints import load_training_state, load_weights, save_checkpoint
+from trainables.checkpoints import resume, save_checkpoint
 from trainables.config import TrialConfig, merge
 from trainables.engine import TrainingRun
 
@@ -41,8 +41,7 @@ def _restore(run: TrainingRun, workdir: Path) -> dict[str, Any]:
     record = json.loads((workdir / RECORD).read_text())
     if record.get("diverged"):
         raise TrialDiverged(record["diverged"])
-    state = load_training_state(workdir / LATEST)
-    run.load_state_dict({**state, "model": load_weights(workdir / LATEST)})
+    resume(run, workdir / LATEST)
     return record
 
 
