@@ -8,6 +8,9 @@ import pytest
 import torch
 
 os.environ.setdefault("ROBUST_SWEEPS_OFFLINE", "1")  # CIFAR/SVHN must not be fetched in tests
+# One thread per process: tests share 2 cores with Ray workers, and oversubscribed intra-op
+# threads spin (a tiny forward pass then costs 50x more).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,265 @@
+"""The evaluation pool: a Ray job that attacks every checkpoint awaiting evaluation.
+
+    ray job submit -- .venv/bin/python -m attacks.pool --evaluators 4 --gpus-per-evaluator 0.25
+
+Each round it finds published checkpoints awaiting evaluation in MLflow (or a sweep's top-k by
+validation robust accuracy), claims each with a lease (renewed while it works; a pool that dies
+lets its lease expire, and a restart with the same ``--pool-id`` takes its work back at once),
+cuts each evaluation into (shard, attack) units (:mod:`attacks.shards`), runs the units on a pool
+of evaluator actors, and saves every finished unit to ``--state-dir`` as it arrives. A restarted
+pool redoes only the missing units. Finished evaluations become one leaderboard run each
+(:mod:`attacks.rows`), written once: a second pool run adds nothing. A checkpoint that cannot be
+read is marked failed with its reason and the pool goes on. ``--watch`` keeps polling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from attacks.evaluate_cli import checkpoint_context, load_points
+from attacks.pool_cli import PoolConfig, parse_config
+from attacks.rows import row_metrics, row_params, row_tags
+from attacks.shards import Plan, Progress, Unit, run_unit
+from dashboards import tracking as mlflow_store
+
+
+def log(message: str) -> None:
+    print(f"[pool] {message}", file=sys.stderr, flush=True)
+
+
+@ray.remote
+class Evaluator:
+    """Loads checkpoints (downloaded from MLflow once per node) and runs units on them."""
+
+    def __init__(self, tracking_uri: str, cache_dir: str, threads: int, device: str) -> None:
+        torch.set_num_threads(threads)
+        self.tracking_uri, self.cache_dir, self.device = tracking_uri, cache_dir, device
+        self.loaded: dict[tuple[str, int], tuple] = {}
+
+    def _load(self, run_id: str, n_examples: int):
+        from trainables.checkpoints import load_checkpoint
+
+        key = (run_id, n_examples)
+        if key not in self.loaded:
+            self.loaded.clear()  # one model at a time keeps device memory bounded
+            path = mlflow_store.download_checkpoint(self.tracking_uri, run_id, self.cache_dir)
+            checkpoint = load_checkpoint(path, device=self.device)
+            x, y = load_points(checkpoint.config.dataset, n_examples, self.device)
+            self.loaded[key] = (checkpoint.model, x, y, checkpoint_context(checkpoint.config))
+        return self.loaded[key]
+
+    def run(self, run_id: str, plan: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any]:
+        chosen = Plan.from_dict(plan)
+        model, x, y, context = self._load(run_id, chosen.n_examples)
+        return run_unit(model, x, y, Unit(**unit), chosen, **context)
+
+
+@dataclass
+class Job:
+    """One claimed checkpoint being evaluated."""
+
+    candidate: mlflow_store.Candidate
+    config: dict[str, Any]
+    plan: Plan
+    progress: Progress
+    checkpoint: str
+    data_checksum: str
+    in_flight: int = 0
+    failed: str | None = None
+    reused: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.candidate.run_name or self.candidate.run_id[:8]
+
+
+class Pool:
+    def __init__(self, config: PoolConfig) -> None:
+        self.config = config
+        device = "cuda" if config.gpus_per_evaluator > 0 and torch.cuda.is_available() else "cpu"
+        options = {"num_cpus": config.cpus_per_evaluator, "num_gpus": config.gpus_per_evaluator}
+        threads = max(1, int(config.cpus_per_evaluator))
+        self.evaluators = [Evaluator.options(**options).remote(
+            config.tracking_uri, str(config.state_dir / "checkpoints"), threads, device)
+            for _ in range(config.evaluators)]
+        self.stats = {"evaluated": 0, "failed": 0, "skipped": 0, "units_run": 0,
+                      "units_reused": 0, "examples": 0, "seconds": 0.0}
+
+    # -- one round ---------------------------------------------------------------------------
+    def round(self) -> int:
+        """Evaluate what is waiting now, ``evaluators`` checkpoints at a time; how many."""
+        cfg, handled = self.config, 0
+        while cfg.max_checkpoints is None or handled < cfg.max_checkpoints:
+            candidates = mlflow_store.find_candidates(
+                cfg.tracking_uri, experiments=cfg.experiments, sweep=cfg.sweep, top_k=cfg.top_k,
+                owner=cfg.pool_id)
+            claimed = [c for c in candidates[:max(1, cfg.evaluators)]
+                       if mlflow_store.claim(cfg.tracking_uri, c.run_id, owner=cfg.pool_id,
+                                             lease_seconds=cfg.lease_seconds,
+                                             settle_seconds=cfg.settle_seconds)]
+            if not claimed:  # nothing waiting, or all of it held by other pools
+                return handled
+            handled += len(claimed)
+            jobs = [job for job in map(self.prepare, claimed) if job is not None]
+            if jobs:
+                self.execute(jobs)
+        return handled
+
+    def prepare(self, candidate: mlflow_store.Candidate) -> Job | None:
+        """Download and check the checkpoint; a bad one is marked failed and skipped."""
+        from trainables.checkpoints import load_checkpoint
+
+        cfg = self.config
+        try:
+            path = mlflow_store.download_checkpoint(cfg.tracking_uri, candidate.run_id,
+                                                    cfg.state_dir / "checkpoints")
+            checkpoint = load_checkpoint(path)
+            config = checkpoint.config
+            plan = Plan(attacks=tuple(cfg.attacks), n_examples=cfg.n_examples,
+                        epsilon=cfg.epsilon if cfg.epsilon is not None
+                        else config.resolved_epsilon, norm=config.norm, seed=cfg.seed,
+                        shard_size=cfg.shard_size, batch_size=cfg.batch_size)
+            x, y = load_points(config.dataset, cfg.n_examples, "cpu")
+        except Exception as error:  # unreadable, corrupt, unknown dataset: record and go on
+            self.fail(candidate, f"{type(error).__name__}: {error}")
+            return None
+        checksum = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:16]
+        progress = Progress(cfg.state_dir / "evaluations", candidate.run_id, plan)
+        job = Job(candidate, config.to_dict(), plan, progress, str(path), checksum)
+        job.reused = len(plan.units()) - len(progress.pending())
+        self.stats["units_reused"] += job.reused
+        log(f"{job.name}: {len(plan.units())} units ({len(plan.shards())} shards × "
+            f"{len(plan.attacks)} attacks + checks), {job.reused} already done")
+        return job
+
+    def execute(self, jobs: list[Job]) -> None:
+        queue = deque((job, unit) for job in jobs for unit in job.progress.pending())
+        idle, running = deque(self.evaluators), {}
+        renewed = time.monotonic()
+        while queue or running:
+            while queue and idle:
+                job, unit = queue.popleft()
+                if job.failed:
+                    continue
+                actor = idle.popleft()
+                ref = actor.run.remote(job.candidate.run_id, job.plan.to_dict(), unit.__dict__)
+                running[ref] = (actor, job, unit)
+                job.in_flight += 1
+            if not running:
+                break
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=5.0)
+            for ref in ready:
+                actor, job, unit = running.pop(ref)
+                idle.append(actor)
+                job.in_flight -= 1
+                self.collect(job, unit, ref)
+            if time.monotonic() - renewed > self.config.lease_seconds / 3:
+                renewed = time.monotonic()
+                for job in jobs:
+                    self.renew(job)
+        for job in jobs:
+            if not job.failed:
+                self.finalize(job)
+
+    def collect(self, job: Job, unit: Unit, ref) -> None:
+        try:
+            record = ray.get(ref)
+        except Exception as error:
+            if not job.failed:
+                job.failed = f"{unit.attack} on shard {unit.shard}: {_last_line(error)}"
+                self.fail(job.candidate, job.failed)
+            return
+        job.progress.save(unit, record)
+        self.stats["units_run"] += 1
+        total = len(job.plan.units())
+        done = total - len(job.progress.pending())
+        accuracy = ""
+        if "result" in record:
+            accuracy = f"{record['result']['accuracy']:.1%} "
+        log(f"{job.name}: shard {unit.shard + 1}/{len(job.plan.shards())} {unit.attack}: "
+            f"{accuracy}({record['seconds']:.1f} s) [{done}/{total}]")
+
+    def renew(self, job: Job) -> None:
+        if job.failed:
+            return
+        if not mlflow_store.renew(self.config.tracking_uri, job.candidate.run_id,
+                                  owner=self.config.pool_id,
+                                  lease_seconds=self.config.lease_seconds):
+            job.failed = "lease lost to another pool"
+            log(f"{job.name}: lease lost to another pool; leaving it to them")
+
+    def finalize(self, job: Job) -> None:
+        cfg, candidate = self.config, job.candidate
+        report = job.progress.merge()
+        seconds = job.progress.spent_seconds()
+        with tempfile.TemporaryDirectory() as folder:
+            document = {**report.to_dict(), "plan": job.plan.to_dict(),
+                        "source_run": candidate.run_id, "checkpoint": job.checkpoint}
+            (Path(folder) / "report.json").write_text(json.dumps(document))
+            run_id, written = mlflow_store.record_evaluation(
+                cfg.tracking_uri, cfg.leaderboard, identity={
+                    "source_run": candidate.run_id, "evaluation_plan": job.plan.key},
+                run_name=f"{candidate.tags.get('defense', 'model')}-{job.name}",
+                params=row_params(job.config, job.plan), metrics=row_metrics(report),
+                tags=row_tags(report, source_run=candidate.run_id, plan=job.plan,
+                              source_experiment=candidate.experiment_id,
+                              checkpoint=job.checkpoint, source_tags=candidate.tags,
+                              data_checksum=job.data_checksum, seconds=seconds),
+                artifacts_dir=folder, artifact_location=cfg.artifact_location)
+        mlflow_store.finish(cfg.tracking_uri, candidate.run_id, owner=cfg.pool_id,
+                            status=mlflow_store.DONE, result_run=run_id)
+        self.stats["evaluated" if written else "skipped"] += 1
+        self.stats["examples"] += job.plan.n_examples
+        self.stats["seconds"] += seconds
+        worst = report.worst_case.float().mean().item()
+        log(f"{job.name}: done — clean {report.clean.float().mean():.1%}, worst case "
+            f"{worst:.1%}, {len(report.flags)} flags, leaderboard run {run_id}")
+
+    def fail(self, candidate: mlflow_store.Candidate, reason: str) -> None:
+        log(f"{candidate.run_name or candidate.run_id}: failed — {reason}")
+        self.stats["failed"] += 1
+        mlflow_store.finish(self.config.tracking_uri, candidate.run_id, owner=self.config.pool_id,
+                            status=mlflow_store.FAILED, reason=reason)
+
+
+def _last_line(error: Exception) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    config = parse_config(argv)
+    if config.address and config.address != "local":
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # `ray start` clusters use tokens
+    if not ray.is_initialized():
+        ray.init(address=config.address, log_to_driver=False, configure_logging=False)
+    started = time.perf_counter()
+    pool = Pool(config)
+    log(f"{config.evaluators} evaluators; tracking {config.tracking_uri}; "
+        f"leaderboard experiment {config.leaderboard!r}; state in {config.state_dir}")
+    while True:
+        pool.round()
+        if not config.watch:
+            break
+        time.sleep(config.poll_seconds)
+    wall = time.perf_counter() - started
+    summary = {**pool.stats, "wall_seconds": wall,
+               "examples_per_second": pool.stats["examples"] / wall if wall else 0.0}
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""An evaluation cut into (shard, attack) units, with progress kept on disk.
+
+A :class:`Plan` fixes everything that determines an evaluation's numbers (attacks, radius,
+seed, points, shard size, batch size); its ``key`` names the progress directory, so a changed
+setting never mixes with old results. Each finished unit is one JSON file written atomically:
+an interrupted evaluation resumes with exactly the units that are missing, and ``merge``
+rebuilds the whole :class:`~attacks.evaluate.Report` from the files, in shard order, so the
+numbers do not depend on which evaluator ran what or when.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attacks.checks import CheckSettings, model_flags
+from attacks.evaluate import (
+    AttackResult,
+    Report,
+    build_attack,
+    build_report,
+    clean_flags,
+    run_attack,
+)
+
+CHECKS = "checks"  # the unit that probes the model itself (run on the first shard's points)
+
+
+@dataclass(frozen=True)
+class Plan:
+    attacks: tuple[str, ...]
+    epsilon: float
+    norm: str
+    seed: int
+    n_examples: int
+    shard_size: int
+    batch_size: int = 256
+    checks: CheckSettings = field(default_factory=CheckSettings)
+
+    def __post_init__(self) -> None:
+        if not self.attacks:
+            raise ValueError("a plan needs at least one attack")
+        if self.n_examples <= 0 or self.shard_size <= 0:
+            raise ValueError("n_examples and shard_size must be positive")
+        labels = [slug(a) for a in self.attacks]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"attacks repeat: {self.attacks}")
+
+    @property
+    def key(self) -> str:
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "attacks": list(self.attacks), "checks": self.checks.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        return cls(**{**data, "attacks": tuple(data["attacks"]),
+                      "checks": CheckSettings(**data["checks"])})
+
+    def shards(self) -> list[tuple[int, int]]:
+        return [(start, min(start + self.shard_size, self.n_examples))
+                for start in range(0, self.n_examples, self.shard_size)]
+
+    def units(self) -> list[Unit]:
+        units = [Unit(index, start, stop, attack) for attack in self.attacks
+                 for index, (start, stop) in enumerate(self.shards())]
+        start, stop = self.shards()[0]
+        return [Unit(0, start, stop, CHECKS), *units]
+
+
+@dataclass(frozen=True)
+class Unit:
+    shard: int
+    start: int
+    stop: int
+    attack: str  # an attack spec, or CHECKS
+
+    @property
+    def filename(self) -> str:
+        return f"shard{self.shard:04d}.{slug(self.attack)}.json"
+
+
+def slug(label: str) -> str:
+    """A label usable as a file name and an MLflow key: ``square:queries=500`` →
+    ``square_queries_500``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_")
+
+
+class Progress:
+    """Finished units of one plan for one checkpoint, under ``root/<checkpoint>/<plan key>``."""
+
+    def __init__(self, root: str | os.PathLike, checkpoint_id: str, plan: Plan) -> None:
+        self.plan = plan
+        self.directory = Path(root) / checkpoint_id / plan.key
+        self.directory.mkdir(parents=True, exist_ok=True)
+        plan_file = self.directory / "plan.json"
+        if not plan_file.exists():
+            _write_json(plan_file, plan.to_dict())
+
+    def done(self, unit: Unit) -> bool:
+        return (self.directory / unit.filename).is_file()
+
+    def pending(self) -> list[Unit]:
+        return [unit for unit in self.plan.units() if not self.done(unit)]
+
+    def save(self, unit: Unit, result: dict[str, Any]) -> None:
+        _write_json(self.directory / unit.filename, result)
+
+    def load(self, unit: Unit) -> dict[str, Any]:
+        return json.loads((self.directory / unit.filename).read_text())
+
+    def complete(self) -> bool:
+        return not self.pending()
+
+    def merge(self) -> Report:
+        """The report of the whole evaluation, from the unit files (all must exist)."""
+        missing = self.pending()
+        if missing:
+            raise RuntimeError(f"{len(missing)} units of {self.directory} are not finished")
+        shards = self.plan.shards()
+        clean = torch.cat([_flags(self.load(Unit(i, a, b, self.plan.attacks[0])), "clean")
+                           for i, (a, b) in enumerate(shards)])
+        results = []
+        for attack in self.plan.attacks:
+            parts = [self.load(Unit(i, a, b, attack)) for i, (a, b) in enumerate(shards)]
+            results.append(_concatenate(attack, parts))
+        checks = self.load(self.plan.units()[0])
+        return build_report(clean, results, epsilon=self.plan.epsilon, norm=self.plan.norm,
+                            seed=self.plan.seed, model_checks=checks["flags"],
+                            settings=self.plan.checks)
+
+    def spent_seconds(self) -> float:
+        return sum(self.load(u).get("seconds", 0.0) for u in self.plan.units() if self.done(u))
+
+
+def _flags(record: dict[str, Any], key: str) -> torch.Tensor:
+    return torch.tensor(record[key], dtype=torch.bool)
+
+
+def _concatenate(label: str, parts: list[dict[str, Any]]) -> AttackResult:
+    first = AttackResult.from_dict(label, parts[0]["result"])
+    robust = torch.cat([_flags(p["result"], "robust") for p in parts])
+    flags: list[str] = []
+    for part in parts:
+        flags += [f for f in part["result"].get("flags", []) if f not in flags]
+    details = _sum_counts([p["result"].get("details", {}) for p in parts])
+    seconds = sum(p["result"]["seconds"] for p in parts)
+    return AttackResult(label, first.name, first.white_box, first.settings, robust, seconds,
+                        flags, details)
+
+
+def _sum_counts(details: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for entry in details:
+        for key, value in entry.items():
+            if isinstance(value, dict) and all(isinstance(v, int) for v in value.values()):
+                old = merged.get(key, {})
+                merged[key] = {k: old.get(k, 0) + v for k, v in value.items()}
+            else:
+                merged[key] = value
+    return merged
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(json.dumps(payload))
+    os.replace(staging, path)
+
+
+def run_unit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, unit: Unit, plan: Plan,
+             **attack_extra: Any) -> dict[str, Any]:
+    """Evaluate one unit on the plan's points ``x, y`` (all of them; the unit slices)."""
+    started = time.perf_counter()
+    xs, ys = x[unit.start:unit.stop], y[unit.start:unit.stop]
+    clean = clean_flags(model, xs, ys, plan.batch_size)
+    record: dict[str, Any] = {"clean": [bool(v) for v in clean.tolist()]}
+    if unit.attack == CHECKS:
+        record["flags"] = model_flags(model, xs, ys, epsilon=plan.epsilon, norm=plan.norm,
+                                      settings=plan.checks, seed=plan.seed)
+    else:
+        label, attack = build_attack(unit.attack, epsilon=plan.epsilon, norm=plan.norm,
+                                     seed=plan.seed, **attack_extra)
+        record["result"] = run_attack(model, xs, ys, attack, label=label, clean=clean,
+                                      batch_size=plan.batch_size, epsilon=plan.epsilon,
+                                      norm=plan.norm).to_dict()
+    record["seconds"] = time.perf_counter() - started
+    return record

@@ -1,0 +1,250 @@
+"""Every evaluation attack behind one interface: ``create_attack(name, **params)``.
+
+An :class:`Attack` is called as ``attack(model, x, y) -> x_adv``; ``attack.run`` also returns
+what the attack noticed on the way (AutoAttack's own warnings, its per-part accuracies).
+Attacks never touch the caller's random state: they draw from generators seeded by ``seed``
+and run inside ``torch.random.fork_rng`` (pyautoattack reseeds the global RNG).
+
+Names: ``fgsm``, ``pgd``, ``l2-pgd``, ``autoattack`` (``version`` standard / plus / rand, or
+``parts`` for a custom subset), its parts ``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``,
+``spsa`` (``preset`` or explicit settings) and ``adaptive`` (PGD on a defense's own training
+loss). Spec strings name an attack and its settings in one token, ``pgd:steps=100,loss=cw``,
+and a few aliases name the usual evaluations (``pgd-100-ce``, ``pgd-100-cw``, ``spsa-strong``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from attacks import autoattack as aa
+from attacks.pgd import fgsm, model_mode, pgd, project, random_start_point
+from attacks.spsa import spsa, spsa_preset
+from trainables.registry import Registry
+
+ATTACKS: Registry[Callable[..., Attack]] = Registry("attack")
+
+ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "pgd-20": ("pgd", {"steps": 20}),
+    "pgd-100-ce": ("pgd", {"steps": 100, "loss": "ce"}),
+    "pgd-100-cw": ("pgd", {"steps": 100, "loss": "cw"}),
+    "aa-standard": ("autoattack", {"version": "standard"}),
+    "spsa-light": ("spsa", {"preset": "lma-at"}),
+    "spsa-strong": ("spsa", {"preset": "strong"}),
+}
+
+
+@dataclass
+class AttackOutput:
+    x_adv: torch.Tensor
+    flags: list[str] = field(default_factory=list)  # warnings the attack itself raised
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A configured attack: ``name`` and every setting that determines its result."""
+
+    name: str
+    settings: dict[str, Any]
+    white_box: bool
+    _run: Callable[[nn.Module, torch.Tensor, torch.Tensor], AttackOutput] = field(repr=False)
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), model_mode(model, "eval"):
+            output = self._run(model, x.detach(), y.detach())
+        if output.x_adv.shape != x.shape:
+            raise RuntimeError(f"attack {self.name} returned shape {tuple(output.x_adv.shape)}")
+        return output
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.run(model, x, y).x_adv
+
+
+def register_attack(name: str):
+    return ATTACKS.register(name)
+
+
+def list_attacks() -> list[str]:
+    return ATTACKS.names() + sorted(ALIASES)
+
+
+def create_attack(name: str, **params: Any) -> Attack:
+    """The attack ``name`` (a registered name, an alias or a spec string) with ``params``.
+
+    ``epsilon`` is required by every attack; unknown settings fail with the accepted ones.
+    """
+    base, spec_params = parse_spec(name)
+    if base in ALIASES:
+        base, alias_params = ALIASES[base]
+        spec_params = {**alias_params, **spec_params}
+    factory = ATTACKS.get(base)
+    merged = {**spec_params, **params}
+    signature = inspect.signature(factory)
+    try:
+        signature.bind(**merged)
+    except TypeError as error:
+        raise ValueError(f"bad settings for attack {base!r}: {error}; accepted: "
+                         f"{', '.join(signature.parameters)}") from None
+    return factory(**merged)
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"pgd:steps=100,loss=cw"`` → ``("pgd", {"steps": 100, "loss": "cw"})``."""
+    name, _, rest = spec.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"attack spec {spec!r}: expected key=value, got {item!r}")
+        params[key.strip()] = _literal(value.strip())
+    return name.strip(), params
+
+
+def _literal(text: str) -> Any:
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    lowered = text.lower()
+    if lowered in ("true", "false", "none"):
+        return {"true": True, "false": False, "none": None}[lowered]
+    return text.split("+") if "+" in text else text
+
+
+def _generator(x: torch.Tensor, seed: int) -> torch.Generator:
+    return torch.Generator(device=x.device).manual_seed(seed)
+
+
+# -- gradient attacks ------------------------------------------------------------------------
+@register_attack("fgsm")
+def _fgsm(*, epsilon: float, norm: str = "linf") -> Attack:
+    return Attack("fgsm", {"epsilon": epsilon, "norm": norm}, True,
+                  lambda m, x, y: AttackOutput(fgsm(m, x, y, epsilon=epsilon, norm=norm)))
+
+
+@register_attack("pgd")
+def _pgd(*, epsilon: float, steps: int = 100, step_size: float | None = None, loss: str = "ce",
+         restarts: int = 1, random_start: str | bool = "uniform", norm: str = "linf",
+         seed: int = 0) -> Attack:
+    step_size = 2.5 * epsilon / max(steps, 1) if step_size is None else step_size
+    settings = {"epsilon": epsilon, "steps": steps, "step_size": step_size, "loss": loss,
+                "restarts": restarts, "random_start": random_start, "norm": norm, "seed": seed}
+
+    def run(model, x, y):
+        return AttackOutput(pgd(model, x, y, epsilon=epsilon, steps=steps, step_size=step_size,
+                                loss=loss, restarts=restarts, random_start=random_start,
+                                norm=norm, generator=_generator(x, seed)))
+
+    return Attack("pgd", settings, True, run)
+
+
+@register_attack("l2-pgd")
+def _l2_pgd(*, epsilon: float, steps: int = 100, step_size: float | None = None,
+            loss: str = "ce", restarts: int = 1, random_start: str | bool = "uniform",
+            seed: int = 0, norm: str = "l2") -> Attack:
+    if norm != "l2":
+        raise ValueError("l2-pgd is the L2 attack; use pgd for norm=linf")
+    attack = _pgd(epsilon=epsilon, steps=steps, step_size=step_size, loss=loss,
+                  restarts=restarts, random_start=random_start, norm="l2", seed=seed)
+    return Attack("l2-pgd", attack.settings, True, attack._run)
+
+
+@register_attack("adaptive")
+def _adaptive(*, epsilon: float, defense: str, defense_params: dict | None = None,
+              steps: int = 100, step_size: float | None = None, norm: str = "linf",
+              seed: int = 0) -> Attack:
+    """PGD on the defense's own objective: its declared adaptive loss (HE: the margin CE on
+    s·cosθ), else its whole training loss ``defense.loss(model, x, y, x_adv)``."""
+    from trainables.defenses import create_defense
+    from trainables.defenses.base import AttackSettings
+
+    step_size = 2.5 * epsilon / max(steps, 1) if step_size is None else step_size
+    chosen = create_defense(defense, **(defense_params or {}), attack=AttackSettings(
+        epsilon=epsilon, steps=steps, step_size=step_size, norm=norm))
+    declared = getattr(chosen, "adaptive_attack_loss", None)
+    settings = {"epsilon": epsilon, "steps": steps, "step_size": step_size, "norm": norm,
+                "seed": seed, "defense": defense, "defense_params": defense_params or {},
+                "objective": "adaptive_attack_loss" if declared else "training loss"}
+
+    def run(model, x, y):
+        generator = _generator(x, seed)
+        if declared is not None:
+            return AttackOutput(pgd(model, x, y, epsilon=epsilon, steps=steps, norm=norm,
+                                    step_size=step_size, loss=declared(), generator=generator))
+
+        def objective(x_adv):
+            return chosen.loss(model, x, y, x_adv, None, ids=None)[0]
+
+        return AttackOutput(objective_pgd(objective, x, epsilon=epsilon, steps=steps,
+                                          step_size=step_size, norm=norm, generator=generator))
+
+    return Attack("adaptive", settings, True, run)
+
+
+def objective_pgd(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
+                  epsilon: float, steps: int, step_size: float, norm: str,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """PGD ascent on any scalar ``objective(x_adv)`` whose per-example parts are independent
+    (a batch mean of per-example terms: each example's step direction is its own)."""
+    x_adv = random_start_point(x, epsilon, norm, "uniform", generator)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(objective(x_adv), x_adv)
+        with torch.no_grad():
+            direction = grad.sign() if norm == "linf" else grad / grad.flatten(1).norm(
+                dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+            x_adv = project(x_adv + step_size * direction, x, epsilon, norm)
+    return x_adv.detach()
+
+
+# -- black-box -------------------------------------------------------------------------------
+@register_attack("spsa")
+def _spsa(*, epsilon: float, preset: str | None = None, norm: str = "linf", seed: int = 0,
+          **settings: Any) -> Attack:
+    chosen = {**(spsa_preset(preset) if preset else spsa_preset("strong")), **settings}
+    recorded = {"epsilon": epsilon, "norm": norm, "seed": seed, "preset": preset, **chosen}
+
+    def run(model, x, y):
+        return AttackOutput(spsa(model, x, y, epsilon=epsilon, norm=norm,
+                                 generator=_generator(x, seed), **chosen))
+
+    return Attack("spsa", recorded, False, run)
+
+
+# -- AutoAttack and its parts (pyautoattack) -----------------------------------------------
+@register_attack("autoattack")
+def _autoattack(*, epsilon: float, version: str = "standard", parts: list[str] | str | None =
+                None, norm: str = "linf", seed: int = 0, batch_size: int = 500,
+                square_queries: int = 5000) -> Attack:
+    parts = [parts] if isinstance(parts, str) else parts
+    settings = aa.settings(epsilon=epsilon, version=version, parts=parts, norm=norm, seed=seed,
+                           square_queries=square_queries)
+
+    def run(model, x, y):
+        return AttackOutput(*aa.run(model, x, y, batch_size=batch_size, **settings))
+
+    return Attack("autoattack", settings, True, run)
+
+
+def _part(part: str, white_box: bool):
+    def factory(*, epsilon: float, norm: str = "linf", seed: int = 0, batch_size: int = 500,
+                queries: int = 5000) -> Attack:
+        attack = _autoattack(epsilon=epsilon, parts=[part], norm=norm, seed=seed,
+                             batch_size=batch_size, square_queries=queries)
+        return Attack(part, attack.settings, white_box, attack._run)
+
+    return factory
+
+
+for _name, _white_box in (("apgd-ce", True), ("apgd-t", True), ("fab-t", True),
+                          ("square", False)):
+    register_attack(_name)(_part(_name, _white_box))

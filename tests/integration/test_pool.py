@@ -1,0 +1,162 @@
+"""The evaluation pool on a real local Ray cluster and a real sqlite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from attacks.evaluate import evaluate_model
+from attacks.shards import slug
+from dashboards.tracking import STATUS_TAG, TrialTracker, now_ms
+from trainables.checkpoints import save_checkpoint
+from trainables.config import TrialConfig
+
+pytestmark = pytest.mark.integration
+
+ATTACKS = ["pgd:steps=10", "square:queries=100", "spsa:steps=3,samples=32"]
+N, SHARD = 64, 32
+
+
+def publish(store: dict, model, *, trial: str, score: float, corrupt: bool = False) -> str:
+    config = TrialConfig.from_dict({"dataset": "mnist", "model": "mlp", "epsilon": 0.05,
+                                    "model_params": {"hidden": 256, "layers": 2}})
+    folder = store["root"] / "published" / trial
+    save_checkpoint(folder, model=model, config=config, metrics={"val_robust_accuracy": score})
+    if corrupt:
+        (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    tracker = TrialTracker(store["uri"], "sweeps", "s1", trial, None, config.to_dict(),
+                           tags={"defense": "standard", "dataset": "mnist", "model": "mlp"},
+                           artifact_location=store["artifacts"])
+    tracker.publish([{"epoch": 1, "timestamp": now_ms(), "val_robust_accuracy": score}], folder,
+                    tags={STATUS_TAG: "pending", "best_val_robust_accuracy": str(score)})
+    return tracker.run_id
+
+
+@pytest.fixture()
+def store(tmp_path):
+    root = tmp_path
+    return {"root": root, "uri": f"sqlite:///{root / 'mlflow.db'}",
+            "artifacts": (root / "artifacts").as_uri(), "state": root / "state"}
+
+
+def pool_args(store, *extra: str) -> list[str]:
+    return ["--tracking-uri", store["uri"], "--experiments", "sweeps",
+            "--state-dir", str(store["state"]), "--attacks", *ATTACKS,
+            "--n-examples", str(N), "--shard-size", str(SHARD), "--settle-seconds", "0.1",
+            "--leaderboard", "leaderboard", *extra]
+
+
+def leaderboard_runs(store) -> list:
+    client = MlflowClient(store["uri"])
+    experiment = client.get_experiment_by_name("leaderboard")
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+def test_pool_evaluates_records_and_adds_nothing_on_rerun(ray_cluster, store, trained_mlp,
+                                                          mnist_test_slice):
+    from attacks.pool import main
+
+    good = publish(store, trained_mlp, trial="good", score=0.6)
+    bad = publish(store, trained_mlp, trial="bad", score=0.9, corrupt=True)
+    summary = main(pool_args(store, "--evaluators", "2"))
+    assert summary["evaluated"] == 1 and summary["failed"] == 1
+
+    client = MlflowClient(store["uri"])
+    failed = client.get_run(bad).data.tags
+    assert failed[STATUS_TAG] == "failed" and "CheckpointError" in failed["evaluation_failure"]
+    source = client.get_run(good).data.tags
+    assert source[STATUS_TAG] == "done"
+    runs = leaderboard_runs(store)
+    assert len(runs) == 1
+    row = runs[0]
+    assert source["evaluation_result_run"] == row.info.run_id
+    assert row.data.tags["source_run"] == good and row.data.params["dataset"] == "mnist"
+
+    # the pool's numbers are the evaluator's numbers on each shard, merged
+    x, y = (t[:N] for t in _first_test_points())
+    expected = {label: [] for label in ATTACKS}
+    for start in range(0, N, SHARD):
+        report = evaluate_model(trained_mlp, x[start:start + SHARD], y[start:start + SHARD],
+                                attacks=ATTACKS, epsilon=0.05, seed=0, checks=False)
+        for label in ATTACKS:
+            expected[label].append(report.attacks[label].robust)
+    document = json.loads(Path(client.download_artifacts(
+        row.info.run_id, "evaluation/report.json", str(store["root"]))).read_text())
+    for label in ATTACKS:
+        robust = torch.cat(expected[label])
+        assert document["attacks"][label]["robust"] == robust.tolist()
+        assert row.data.metrics[f"{slug(label)}_accuracy"] == pytest.approx(
+            robust.float().mean().item())
+    assert row.data.metrics["worst_case_accuracy"] <= row.data.metrics["spsa_accuracy"]
+    assert row.data.metrics["clean_n"] == N and "clean_ci_low" in row.data.metrics
+
+    again = main(pool_args(store, "--evaluators", "1"))
+    assert again["evaluated"] == 0 and again["units_run"] == 0
+    assert len(leaderboard_runs(store)) == 1
+
+
+def _first_test_points():
+    from trainables.data import load_dataset
+
+    return load_dataset("mnist", "test").tensors()
+
+
+SLOW_ATTACKS = ["pgd:steps=1500", "spsa:steps=40,samples=512", "square:queries=1500"]
+
+
+def spawn_pool(store, log: Path) -> subprocess.Popen:
+    args = [sys.executable, "-m", "attacks.pool", *pool_args(store), "--attacks", *SLOW_ATTACKS,
+            "--shard-size", "16", "--pool-id", "pool-A", "--address", "local",
+            "--evaluators", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log.open("a"), text=True,
+                            env=env, start_new_session=True)
+
+
+def test_killed_pool_resumes_without_redoing_units(ray_cluster, store, trained_mlp, tmp_path):
+    from attacks.pool import main
+
+    publish(store, trained_mlp, trial="only", score=0.5)
+    log = tmp_path / "pool.log"
+    first = spawn_pool(store, log)
+    units = store["state"] / "evaluations"
+    deadline = time.monotonic() + 240
+    while len(list(units.rglob("shard*.json"))) < 4:
+        assert first.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "the pool made no progress"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in units.rglob("shard*.json")}
+    assert 4 <= len(before) < 1 + 3 * 4  # stopped in the middle
+    assert not leaderboard_runs(store)
+
+    second = spawn_pool(store, log)
+    out, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, log.read_text()[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["units_reused"] == len(before)
+    assert summary["units_run"] == 13 - len(before) and summary["evaluated"] == 1
+    for path, (mtime, content) in before.items():  # finished work was not redone
+        assert path.stat().st_mtime_ns == mtime and path.read_bytes() == content
+    killed = leaderboard_runs(store)
+    assert len(killed) == 1
+
+    # an uninterrupted pool on the same checkpoint, elsewhere, gets the same numbers
+    fresh = {"root": tmp_path / "b", "uri": f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}",
+             "artifacts": (tmp_path / "b" / "artifacts").as_uri(), "state": tmp_path / "b" / "s"}
+    fresh["root"].mkdir()
+    publish(fresh, trained_mlp, trial="only", score=0.5)
+    main([*pool_args(fresh), "--attacks", *SLOW_ATTACKS, "--shard-size", "16"])
+    (clean,) = leaderboard_runs(fresh)
+    numbers = {k: v for k, v in killed[0].data.metrics.items() if not k.endswith("_seconds")}
+    assert numbers == {k: v for k, v in clean.data.metrics.items() if not k.endswith("_seconds")}
