@@ -95,6 +95,11 @@ class Report:
             robust &= result.robust
         return robust
 
+    @property
+    def trusted(self) -> bool:
+        """No integrity flag: only such results may be ranked as robust."""
+        return not self.flags
+
     def accuracy(self, label: str) -> float:
         return self.attacks[label].robust.float().mean().item()
 
@@ -103,7 +108,8 @@ class Report:
         return {"n": self.n, "epsilon": self.epsilon, "norm": self.norm, "seed": self.seed,
                 "clean_accuracy": clean["accuracy"], "clean": clean,
                 "worst_case_accuracy": worst["accuracy"], "worst_case": worst,
-                "flags": list(self.flags), "check_settings": self.check_settings.to_dict(),
+                "flags": list(self.flags), "trusted": self.trusted,
+                "check_settings": self.check_settings.to_dict(),
                 "attacks": {label: r.to_dict() for label, r in self.attacks.items()},
                 "epsilon_curve": self.epsilon_curve,
                 "clean_correct": [bool(v) for v in self.clean.tolist()]}

@@ -79,7 +79,7 @@ def test_healthy_model_raises_no_flag(trained_mlp, points):
     x, y = points
     report = evaluate_model(trained_mlp, x, y, attacks=["pgd-20", "square:queries=200"],
                             epsilon=0.05)
-    assert report.flags == []
+    assert report.flags == [] and report.trusted
 
 
 def test_quantised_input_is_flagged_and_broken_by_square(trained_mlp, points):
@@ -92,6 +92,7 @@ def test_quantised_input_is_flagged_and_broken_by_square(trained_mlp, points):
     pgd, square = report.accuracy("pgd-100-ce"), report.accuracy("square:queries=500")
     assert pgd > square + 0.3  # PGD is blind here; the worst case is not
     assert report.worst_case.float().mean() <= square
+    assert not report.trusted and not report.to_dict()["trusted"]
 
 
 def test_scaled_logits_fool_ce_pgd_not_autoattack(trained_mlp, points):
@@ -104,6 +105,7 @@ def test_scaled_logits_fool_ce_pgd_not_autoattack(trained_mlp, points):
     assert any("pgd-100-ce far weaker than AutoAttack" in f for f in report.flags)
     assert any("zero input gradient" in f for f in report.flags)
     assert report.worst_case.float().mean() <= auto
+    assert not report.trusted and not report.to_dict()["trusted"]
 
 
 def test_dropout_at_test_time_is_flagged(trained_mlp, points):
@@ -111,6 +113,7 @@ def test_dropout_at_test_time_is_flagged(trained_mlp, points):
     report = evaluate_model(DropoutAtTest(trained_mlp), x, y, attacks=["pgd-20"], epsilon=0.05)
     assert any("randomness in the forward pass" in f for f in report.flags)
     assert any("randomized defense" in f for f in report.flags)  # pyautoattack's own check
+    assert not report.trusted and not report.to_dict()["trusted"]
 
 
 def test_model_left_in_train_mode_is_flagged(trained_mlp, points):
@@ -119,6 +122,7 @@ def test_model_left_in_train_mode_is_flagged(trained_mlp, points):
     report = evaluate_model(model, x, y, attacks=["pgd-20"], epsilon=0.05)
     assert any("still in training mode" in f and "norm" in f for f in report.flags)
     assert any("depend on the rest of the batch" in f for f in report.flags)
+    assert not report.trusted and not report.to_dict()["trusted"]
 
 
 def test_probability_outputs_are_flagged(trained_mlp, points):

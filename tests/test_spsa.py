@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from linear import linear_model
+from torch import nn
 
 from attacks.pgd import pgd
 from attacks.spsa import SPSA_PRESETS, spsa, spsa_preset, spsa_with_stats
@@ -135,32 +136,44 @@ def accuracy(model, x, y):
         return (model(x).argmax(1) == y).float().mean().item()
 
 
-def test_spsa_tracks_pgd_on_a_trained_mlp(trained_mlp, mnist_test_slice):
-    """On a smooth, undefended MLP the white box is the reference: SPSA finds nothing PGD
-    misses, removes most of the accuracy PGD removes, and closes the rest of the gap as its
-    sample budget grows. At 256 samples × 40 steps SPSA trails PGD-40 by ~15 points here: its
-    784-dimensional gradient estimate is too noisy to push most pixels to the ε corners."""
+@pytest.fixture(scope="module")
+def smooth_model():
+    """A small smooth MNIST classifier: 4×4 average pooling, one softplus layer of 64 units,
+    trained for 3 epochs on 6,000 real images (about 84% clean accuracy on the test slice)."""
+    from trainables.data import iterate_batches, load_dataset
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.AvgPool2d(4), nn.Flatten(), nn.Linear(49, 64), nn.Softplus(),
+                          nn.Linear(64, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train = load_dataset("mnist", "train", subset=6000)
+    for epoch in range(3):
+        for x, y, _ in iterate_batches(train, 100, shuffle=True,
+                                       generator=torch.Generator().manual_seed(epoch)):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    return model.eval()
+
+
+def test_spsa_matches_pgd_within_two_points_on_a_smooth_mnist_model(smooth_model,
+                                                                     mnist_test_slice):
     x, y = mnist_test_slice
-    x, y = x[:100], y[:100]
-    clean = accuracy(trained_mlp, x, y)
-    x_pgd = pgd(trained_mlp, x, y, epsilon=0.1, steps=40, step_size=0.01, random_start="none")
+    x, y = x[:200], y[:200]
+    clean = accuracy(smooth_model, x, y)
+    x_pgd = pgd(smooth_model, x, y, epsilon=0.1, steps=100, step_size=0.01,
+                random_start="none")
     start = time.perf_counter()
-    x_adv = spsa(trained_mlp, x, y, epsilon=0.1, steps=40, samples=256, delta=0.01, lr=0.01)
+    x_adv = spsa(smooth_model, x, y, epsilon=0.1, steps=60, samples=1024, delta=0.01, lr=0.03)
     seconds = time.perf_counter() - start
-    with torch.no_grad():
-        pgd_broken = trained_mlp(x_pgd).argmax(1) != y
-        spsa_broken = trained_mlp(x_adv).argmax(1) != y
-    pgd_accuracy, spsa_accuracy = 1 - pgd_broken.float().mean(), 1 - spsa_broken.float().mean()
-    print(f"SPSA {seconds / len(y) * 1000:.1f} ms/example; robust accuracy "
-          f"clean {clean:.2f} SPSA {spsa_accuracy:.2f} PGD {pgd_accuracy:.2f}")
+    pgd_accuracy, spsa_accuracy = accuracy(smooth_model, x_pgd, y), accuracy(smooth_model,
+                                                                            x_adv, y)
+    print(f"SPSA {seconds / len(y) * 1000:.1f} ms/example; robust accuracy clean {clean:.3f} "
+          f"SPSA {spsa_accuracy:.3f} PGD-100 {pgd_accuracy:.3f}")
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6
     assert x_adv.min() >= 0 and x_adv.max() <= 1
-    assert (spsa_broken & ~pgd_broken).sum() <= 2
-    assert clean - spsa_accuracy >= 0.67 * (clean - pgd_accuracy)
-    missed = (pgd_broken & ~spsa_broken).nonzero().squeeze(1)[:16]
-    assert len(missed) >= 5  # the gap the larger budget has to close
-    x_more = spsa(trained_mlp, x[missed], y[missed], epsilon=0.1, steps=40, samples=1024)
-    assert accuracy(trained_mlp, x_more, y[missed]) <= 0.75
+    assert clean - pgd_accuracy > 0.4  # a real fight: PGD removes most of the accuracy
+    assert abs(spsa_accuracy - pgd_accuracy) <= 0.02
 
 
 def test_l2_spsa_stays_in_the_ball_and_the_box(trained_mlp, mnist_test_slice):

@@ -60,6 +60,22 @@ def test_ray_job_submit_runs_the_smoke_sweep(tmp_path):
         log.write_text(result.stdout)
         summary = summary_of(log)
         assert summary["trials"] == 2 and summary["errors"] == 0
+
+        # the evaluation pool, submitted the same way, attacks both published checkpoints
+        pool = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--working-dir", ".", "--runtime-env-json",
+             runtime_env, "--", str(BIN / "python"), "-m", "attacks.pool", "--attacks",
+             "pgd:steps=5", "square:queries=50", "--n-examples", "32", "--shard-size", "16",
+             "--evaluators", "2", "--settle-seconds", "0.2"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert pool.returncode == 0, pool.stdout[-3000:] + pool.stderr[-3000:]
+        lines = [line for line in pool.stdout.splitlines() if line.startswith('{"evaluated"')]
+        assert lines, pool.stdout[-3000:]
+        assert json.loads(lines[-1])["evaluated"] == 2
+        client = MlflowClient(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+        board = client.get_experiment_by_name("leaderboard")
+        rows = client.search_runs([board.experiment_id])
+        assert len(rows) == 2 and all("pgd_steps_5_accuracy" in r.data.metrics for r in rows)
     finally:
         head.stop()
 

@@ -1,0 +1,90 @@
+"""Sharded, resumable evaluation without Ray, and the checkpoint CLI."""
+
+import json
+
+import pytest
+import torch
+
+from attacks.evaluate import evaluate_model
+from attacks.evaluate_cli import main as evaluate_cli
+from attacks.shards import CHECKS, Plan, Progress, run_unit, slug
+from trainables.checkpoints import save_checkpoint
+from trainables.config import TrialConfig
+
+ATTACKS = ("pgd:steps=5", "square:queries=50")
+
+
+def plan(**changes) -> Plan:
+    settings = dict(attacks=ATTACKS, epsilon=0.05, norm="linf", seed=0, n_examples=40,
+                    shard_size=16)
+    return Plan(**{**settings, **changes})
+
+
+def test_plan_units_cover_every_point_once_per_attack():
+    chosen = plan()
+    assert chosen.shards() == [(0, 16), (16, 32), (32, 40)]
+    units = chosen.units()
+    assert units[0].attack == CHECKS and len(units) == 1 + 3 * 2
+    for attack in ATTACKS:
+        covered = [i for u in units if u.attack == attack for i in range(u.start, u.stop)]
+        assert covered == list(range(40))
+    assert len({u.filename for u in units}) == len(units)
+
+
+def test_plan_key_tracks_every_setting_and_round_trips():
+    assert plan().key == plan().key
+    for change in ({"seed": 1}, {"epsilon": 0.1}, {"shard_size": 8}, {"batch_size": 64},
+                   {"attacks": ATTACKS[:1]}):
+        assert plan(**change).key != plan().key
+    assert Plan.from_dict(json.loads(json.dumps(plan().to_dict()))) == plan()
+    with pytest.raises(ValueError, match="at least one attack"):
+        plan(attacks=())
+    with pytest.raises(ValueError, match="repeat"):
+        plan(attacks=("pgd", "pgd"))
+    with pytest.raises(ValueError, match="positive"):
+        plan(n_examples=0)
+    assert slug("square:queries=500") == "square_queries_500"
+
+
+def test_progress_resumes_and_merges_to_the_per_shard_evaluation(tmp_path, trained_mlp,
+                                                                 mnist_test_slice):
+    x, y = (t[:40] for t in mnist_test_slice)
+    chosen = plan()
+    progress = Progress(tmp_path, "run-1", chosen)
+    units = progress.pending()
+    for unit in units[:4]:
+        progress.save(unit, run_unit(trained_mlp, x, y, unit, chosen))
+    with pytest.raises(RuntimeError, match="not finished"):
+        progress.merge()
+    resumed = Progress(tmp_path, "run-1", chosen)  # e.g. after a crash
+    assert resumed.pending() == units[4:]
+    for unit in resumed.pending():
+        resumed.save(unit, run_unit(trained_mlp, x, y, unit, chosen))
+    report = resumed.merge()
+    assert resumed.complete() and resumed.spent_seconds() > 0
+    for label in ATTACKS:
+        expected = torch.cat([evaluate_model(trained_mlp, x[a:b], y[a:b], attacks=[label],
+                                             epsilon=0.05, checks=False).attacks[label].robust
+                              for a, b in chosen.shards()])
+        assert torch.equal(report.attacks[label].robust, expected)
+    assert torch.equal(report.clean, trained_mlp(x).argmax(1) == y)
+    assert report.flags == []
+    assert Progress(tmp_path, "run-1", plan(seed=1)).pending() == plan(seed=1).units()
+
+
+def test_evaluate_cli_on_a_checkpoint(tmp_path, trained_mlp, capsys):
+    config = TrialConfig.from_dict({"dataset": "mnist", "model": "mlp", "epsilon": 0.05,
+                                    "model_params": {"hidden": 256, "layers": 2}})
+    folder = save_checkpoint(tmp_path / "ckpt", model=trained_mlp, config=config)
+    out = tmp_path / "report.json"
+    evaluate_cli([str(folder), "--attacks", "pgd-20", "fgsm", "--n-examples", "30",
+                  "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["n"] == 30 and report["epsilon"] == 0.05 and report["dataset"] == "mnist"
+    assert set(report["attacks"]) == {"pgd-20", "fgsm"}
+    assert len(report["attacks"]["fgsm"]["robust"]) == 30
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["worst_case_accuracy"] == report["worst_case_accuracy"]
+    assert "robust" not in summary["attacks"]["pgd-20"]
+    with pytest.raises(SystemExit, match="not a checkpoint directory"):
+        evaluate_cli([str(tmp_path), "--n-examples", "5"])
