@@ -82,6 +82,7 @@ class Report:
     flags: list[str]
     epsilon_curve: list[dict[str, float]] = field(default_factory=list)
     check_settings: CheckSettings = field(default_factory=CheckSettings)
+    margins: dict[str, list[float]] = field(default_factory=dict)  # per-example, by kind
 
     @property
     def n(self) -> int:
@@ -111,7 +112,7 @@ class Report:
                 "flags": list(self.flags), "trusted": self.trusted,
                 "check_settings": self.check_settings.to_dict(),
                 "attacks": {label: r.to_dict() for label, r in self.attacks.items()},
-                "epsilon_curve": self.epsilon_curve,
+                "epsilon_curve": self.epsilon_curve, "margins": self.margins,
                 "clean_correct": [bool(v) for v in self.clean.tolist()]}
 
 
@@ -197,7 +198,8 @@ def _merge_detail(old: Any, new: Any) -> Any:
 def build_report(clean: torch.Tensor, results: Sequence[AttackResult], *, epsilon: float,
                  norm: str, seed: int, model_checks: Sequence[str] = (),
                  epsilon_curve: Sequence[dict[str, float]] = (),
-                 settings: CheckSettings = DEFAULT_CHECKS) -> Report:
+                 settings: CheckSettings = DEFAULT_CHECKS,
+                 margins: dict[str, list[float]] | None = None) -> Report:
     attacks = {r.label: r for r in results}
     robust = {label: r.robust & clean for label, r in attacks.items()}
     curve = [(point["epsilon"], point["accuracy"]) for point in epsilon_curve]
@@ -207,7 +209,8 @@ def build_report(clean: torch.Tensor, results: Sequence[AttackResult], *, epsilo
     flags += result_flags(robust, {label: r.name for label, r in attacks.items()},
                           {label: r.white_box for label, r in attacks.items()},
                           curve=curve, settings=settings)
-    return Report(epsilon, norm, seed, clean, attacks, flags, list(epsilon_curve), settings)
+    return Report(epsilon, norm, seed, clean, attacks, flags, list(epsilon_curve), settings,
+                  dict(margins or {}))
 
 
 # -- the whole evaluation ----------------------------------------------------------------------

@@ -88,14 +88,23 @@ class Job:
 class Pool:
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
-        device = "cuda" if config.gpus_per_evaluator > 0 and torch.cuda.is_available() else "cpu"
-        options = {"num_cpus": config.cpus_per_evaluator, "num_gpus": config.gpus_per_evaluator}
-        threads = max(1, int(config.cpus_per_evaluator))
-        self.evaluators = [Evaluator.options(**options).remote(
-            config.tracking_uri, str(config.state_dir / "checkpoints"), threads, device)
-            for _ in range(config.evaluators)]
+        self.evaluators = [self._new_evaluator() for _ in range(config.evaluators)]
         self.stats = {"evaluated": 0, "failed": 0, "skipped": 0, "units_run": 0,
-                      "units_reused": 0, "examples": 0, "seconds": 0.0}
+                      "units_reused": 0, "examples": 0, "seconds": 0.0, "evaluators_lost": 0}
+
+    def _new_evaluator(self):
+        cfg = self.config
+        device = "cuda" if cfg.gpus_per_evaluator > 0 and torch.cuda.is_available() else "cpu"
+        options = {"num_cpus": cfg.cpus_per_evaluator, "num_gpus": cfg.gpus_per_evaluator}
+        return Evaluator.options(**options).remote(
+            cfg.tracking_uri, str(cfg.state_dir / "checkpoints"),
+            max(1, int(cfg.cpus_per_evaluator)), device)
+
+    def close(self) -> None:
+        """Stop the evaluators now (their resources go back to the cluster at once)."""
+        for actor in self.evaluators:
+            ray.kill(actor)
+        self.evaluators = []
 
     # -- one round ---------------------------------------------------------------------------
     def round(self) -> int:
@@ -130,7 +139,9 @@ class Pool:
             plan = Plan(attacks=tuple(cfg.attacks), n_examples=cfg.n_examples,
                         epsilon=cfg.epsilon if cfg.epsilon is not None
                         else config.resolved_epsilon, norm=config.norm, seed=cfg.seed,
-                        shard_size=cfg.shard_size, batch_size=cfg.batch_size)
+                        shard_size=cfg.shard_size, batch_size=cfg.batch_size,
+                        epsilon_curve=cfg.epsilon_curve, curve_attack=cfg.curve_attack,
+                        margins=cfg.margins)
             x, y = load_points(config.dataset, cfg.n_examples, "cpu")
         except Exception as error:  # unreadable, corrupt, unknown dataset: record and go on
             self.fail(candidate, f"{type(error).__name__}: {error}")
@@ -141,13 +152,14 @@ class Pool:
         job.reused = len(plan.units()) - len(progress.pending())
         self.stats["units_reused"] += job.reused
         log(f"{job.name}: {len(plan.units())} units ({len(plan.shards())} shards × "
-            f"{len(plan.attacks)} attacks + checks), {job.reused} already done")
+            f"{len(plan.attacks) + len(plan.extra_kinds())} kinds + checks), "
+            f"{job.reused} already done")
         return job
 
     def execute(self, jobs: list[Job]) -> None:
         queue = deque((job, unit) for job in jobs for unit in job.progress.pending())
         idle, running = deque(self.evaluators), {}
-        renewed = time.monotonic()
+        renewed = heard = time.monotonic()
         while queue or running:
             while queue and idle:
                 job, unit = queue.popleft()
@@ -160,11 +172,21 @@ class Pool:
             if not running:
                 break
             ready, _ = ray.wait(list(running), num_returns=1, timeout=5.0)
+            if not ready and time.monotonic() - heard > 120:
+                heard = time.monotonic()
+                log(f"waiting on {len(running)} units ({len(queue)} queued); evaluators may "
+                    "be waiting for free resources")
             for ref in ready:
+                heard = time.monotonic()
                 actor, job, unit = running.pop(ref)
-                idle.append(actor)
                 job.in_flight -= 1
-                self.collect(job, unit, ref)
+                if self.collect(job, unit, ref):
+                    idle.append(actor)
+                else:  # the evaluator died (node lost, out of memory): replace it, redo unit
+                    self.evaluators.remove(actor)
+                    idle.append(self._new_evaluator())
+                    self.evaluators.append(idle[-1])
+                    queue.appendleft((job, unit))
             if time.monotonic() - renewed > self.config.lease_seconds / 3:
                 renewed = time.monotonic()
                 for job in jobs:
@@ -173,14 +195,22 @@ class Pool:
             if not job.failed:
                 self.finalize(job)
 
-    def collect(self, job: Job, unit: Unit, ref) -> None:
+    def collect(self, job: Job, unit: Unit, ref) -> bool:
+        """Save a finished unit; False if its evaluator died (the unit is to be redone)."""
         try:
             record = ray.get(ref)
-        except Exception as error:
+        except ray.exceptions.RayActorError as error:
+            self.stats["evaluators_lost"] += 1
+            log(f"{job.name}: evaluator lost during {unit.attack} on shard {unit.shard} "
+                f"({_last_line(error)}); retrying on a new one")
+            if self.stats["evaluators_lost"] > 3 * max(1, self.config.evaluators):
+                raise RuntimeError("evaluators keep dying; stopping the pool") from error
+            return False
+        except Exception as error:  # the attack itself failed: the checkpoint is marked failed
             if not job.failed:
                 job.failed = f"{unit.attack} on shard {unit.shard}: {_last_line(error)}"
                 self.fail(job.candidate, job.failed)
-            return
+            return True
         job.progress.save(unit, record)
         self.stats["units_run"] += 1
         total = len(job.plan.units())
@@ -190,6 +220,7 @@ class Pool:
             accuracy = f"{record['result']['accuracy']:.1%} "
         log(f"{job.name}: shard {unit.shard + 1}/{len(job.plan.shards())} {unit.attack}: "
             f"{accuracy}({record['seconds']:.1f} s) [{done}/{total}]")
+        return True
 
     def renew(self, job: Job) -> None:
         if job.failed:
@@ -204,20 +235,12 @@ class Pool:
         cfg, candidate = self.config, job.candidate
         report = job.progress.merge()
         seconds = job.progress.spent_seconds()
-        with tempfile.TemporaryDirectory() as folder:
-            document = {**report.to_dict(), "plan": job.plan.to_dict(),
-                        "source_run": candidate.run_id, "checkpoint": job.checkpoint}
-            (Path(folder) / "report.json").write_text(json.dumps(document))
-            run_id, written = mlflow_store.record_evaluation(
-                cfg.tracking_uri, cfg.leaderboard, identity={
-                    "source_run": candidate.run_id, "evaluation_plan": job.plan.key},
-                run_name=f"{candidate.tags.get('defense', 'model')}-{job.name}",
-                params=row_params(job.config, job.plan), metrics=row_metrics(report),
-                tags=row_tags(report, source_run=candidate.run_id, plan=job.plan,
-                              source_experiment=candidate.experiment_id,
-                              checkpoint=job.checkpoint, source_tags=candidate.tags,
-                              data_checksum=job.data_checksum, seconds=seconds),
-                artifacts_dir=folder, artifact_location=cfg.artifact_location)
+        run_id, written = record_row(
+            cfg.tracking_uri, cfg.leaderboard, report=report, plan=job.plan, config=job.config,
+            candidate=candidate, checkpoint=job.checkpoint, data_checksum=job.data_checksum,
+            seconds=seconds, train_seconds=mlflow_store.training_seconds(cfg.tracking_uri,
+                                                                         candidate.run_id),
+            artifact_location=cfg.artifact_location)
         mlflow_store.finish(cfg.tracking_uri, candidate.run_id, owner=cfg.pool_id,
                             status=mlflow_store.DONE, result_run=run_id)
         self.stats["evaluated" if written else "skipped"] += 1
@@ -232,6 +255,29 @@ class Pool:
         self.stats["failed"] += 1
         mlflow_store.finish(self.config.tracking_uri, candidate.run_id, owner=self.config.pool_id,
                             status=mlflow_store.FAILED, reason=reason)
+
+
+def record_row(tracking_uri: str, leaderboard: str, *, report, plan: Plan,
+               config: dict[str, Any], candidate: mlflow_store.Candidate, checkpoint: str,
+               data_checksum: str, seconds: float, train_seconds: float,
+               artifact_location: str | None = None) -> tuple[str, bool]:
+    """Write one evaluation as its leaderboard run (once); ``(run_id, written)``."""
+    with tempfile.TemporaryDirectory() as folder:
+        document = {**report.to_dict(), "plan": plan.to_dict(), "source_run": candidate.run_id,
+                    "checkpoint": checkpoint, "data_checksum": data_checksum}
+        (Path(folder) / "report.json").write_text(json.dumps(document))
+        name = candidate.run_name or candidate.run_id[:8]
+        return mlflow_store.record_evaluation(
+            tracking_uri, leaderboard,
+            identity={"source_run": candidate.run_id, "evaluation_plan": plan.key},
+            run_name=f"{candidate.tags.get('defense', 'model')}-{name}",
+            params=row_params(config, plan),
+            metrics={**row_metrics(report), "train_seconds": train_seconds},
+            tags=row_tags(report, source_run=candidate.run_id, plan=plan,
+                          source_experiment=candidate.experiment_id, checkpoint=checkpoint,
+                          source_tags=candidate.tags, data_checksum=data_checksum,
+                          seconds=seconds),
+            artifacts_dir=folder, artifact_location=artifact_location)
 
 
 def _last_line(error: Exception) -> str:
@@ -249,11 +295,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pool = Pool(config)
     log(f"{config.evaluators} evaluators; tracking {config.tracking_uri}; "
         f"leaderboard experiment {config.leaderboard!r}; state in {config.state_dir}")
-    while True:
-        pool.round()
-        if not config.watch:
-            break
-        time.sleep(config.poll_seconds)
+    try:
+        while True:
+            pool.round()
+            if not config.watch:
+                break
+            time.sleep(config.poll_seconds)
+    finally:
+        pool.close()
     wall = time.perf_counter() - started
     summary = {**pool.stats, "wall_seconds": wall,
                "examples_per_second": pool.stats["examples"] / wall if wall else 0.0}

@@ -31,6 +31,9 @@ class PoolConfig:
     epsilon: float | None = None
     seed: int = 0
     batch_size: int = 256
+    epsilon_curve: tuple[float, ...] = ()
+    curve_attack: str = "aa-standard"
+    margins: bool = False
     evaluators: int = 1
     cpus_per_evaluator: float = 1.0
     gpus_per_evaluator: float = 0.0
@@ -79,6 +82,11 @@ def parse_config(argv: list[str] | None = None) -> PoolConfig:
     add("--epsilon", type=float, help="radius (default: each checkpoint's training epsilon)")
     add("--seed", type=int, default=0)
     add("--batch-size", type=int, default=256)
+    add("--epsilon-curve", type=float, nargs="*", default=[],
+        help="also the curve attack's accuracy at these radii")
+    add("--curve-attack", default="aa-standard")
+    add("--margins", action="store_true",
+        help="also per-example effective margins and AMR margin bounds")
     add("--evaluators", type=int, default=1, help="evaluator actors")
     add("--cpus-per-evaluator", type=float, default=1.0)
     add("--gpus-per-evaluator", type=float, default=0.0, help="fractions share a GPU")
@@ -102,7 +110,8 @@ def parse_config(argv: list[str] | None = None) -> PoolConfig:
             sweep=args.sweep, top_k=args.top_k, leaderboard=args.leaderboard,
             attacks=tuple(args.attacks), n_examples=args.n_examples,
             shard_size=args.shard_size, epsilon=args.epsilon, seed=args.seed,
-            batch_size=args.batch_size, evaluators=args.evaluators,
+            batch_size=args.batch_size, epsilon_curve=tuple(args.epsilon_curve),
+            curve_attack=args.curve_attack, margins=args.margins, evaluators=args.evaluators,
             cpus_per_evaluator=args.cpus_per_evaluator,
             gpus_per_evaluator=args.gpus_per_evaluator, lease_seconds=args.lease_seconds,
             settle_seconds=args.settle_seconds, watch=args.watch,

@@ -37,6 +37,12 @@ def row_metrics(report: Report) -> dict[str, float]:
         if result.name in CANONICAL and result.name not in named and result.name != label:
             named.add(result.name)
             metrics.update(_with_interval(slug(result.name), stats))
+    for point in report.epsilon_curve:
+        metrics[f"curve_{point['epsilon']:g}_accuracy"] = point["accuracy"]
+    for kind, values in report.margins.items():
+        kept = [v for v, ok in zip(values, report.clean.tolist(), strict=True) if ok]
+        if kept:  # over correctly classified points, as EMR and AMR report them
+            metrics[f"{kind}_mean"] = sum(kept) / len(kept)
     return metrics
 
 

@@ -29,9 +29,13 @@ from attacks.evaluate import (
     build_report,
     clean_flags,
     run_attack,
+    summary,
 )
+from attacks.margins import amr_margin_lower_bound, effective_margin
 
 CHECKS = "checks"  # the unit that probes the model itself (run on the first shard's points)
+MARGINS = "margins"  # per-example effective margin (EMR Eq. 3) and AMR's L2 margin bound
+CURVE = "curve@"  # "curve@0.2": the plan's curve attack at radius 0.2
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,9 @@ class Plan:
     shard_size: int
     batch_size: int = 256
     checks: CheckSettings = field(default_factory=CheckSettings)
+    epsilon_curve: tuple[float, ...] = ()
+    curve_attack: str = "aa-standard"
+    margins: bool = False
 
     def __post_init__(self) -> None:
         if not self.attacks:
@@ -60,19 +67,27 @@ class Plan:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "attacks": list(self.attacks), "checks": self.checks.to_dict()}
+        return {**asdict(self), "attacks": list(self.attacks), "checks": self.checks.to_dict(),
+                "epsilon_curve": list(self.epsilon_curve)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
         return cls(**{**data, "attacks": tuple(data["attacks"]),
-                      "checks": CheckSettings(**data["checks"])})
+                      "checks": CheckSettings(**data["checks"]),
+                      "epsilon_curve": tuple(data.get("epsilon_curve", ()))})
 
     def shards(self) -> list[tuple[int, int]]:
         return [(start, min(start + self.shard_size, self.n_examples))
                 for start in range(0, self.n_examples, self.shard_size)]
 
+    def extra_kinds(self) -> list[str]:
+        """Per-shard units beyond the attacks: the ε curve's radii, then the margins."""
+        return [f"{CURVE}{radius:g}" for radius in self.epsilon_curve] + (
+            [MARGINS] if self.margins else [])
+
     def units(self) -> list[Unit]:
-        units = [Unit(index, start, stop, attack) for attack in self.attacks
+        units = [Unit(index, start, stop, kind)
+                 for kind in (*self.attacks, *self.extra_kinds())
                  for index, (start, stop) in enumerate(self.shards())]
         start, stop = self.shards()[0]
         return [Unit(0, start, stop, CHECKS), *units]
@@ -135,9 +150,20 @@ class Progress:
             parts = [self.load(Unit(i, a, b, attack)) for i, (a, b) in enumerate(shards)]
             results.append(_concatenate(attack, parts))
         checks = self.load(self.plan.units()[0])
+        curve = []
+        for radius in self.plan.epsilon_curve:
+            parts = [self.load(Unit(i, a, b, f"{CURVE}{radius:g}"))
+                     for i, (a, b) in enumerate(shards)]
+            robust = torch.cat([_flags(p["result"], "robust") for p in parts]) & clean
+            curve.append({"epsilon": float(radius), **summary(robust)})
+        margins: dict[str, list[float]] = {}
+        if self.plan.margins:
+            for i, (a, b) in enumerate(shards):
+                for key, values in self.load(Unit(i, a, b, MARGINS))["margins"].items():
+                    margins.setdefault(key, []).extend(values)
         return build_report(clean, results, epsilon=self.plan.epsilon, norm=self.plan.norm,
                             seed=self.plan.seed, model_checks=checks["flags"],
-                            settings=self.plan.checks)
+                            settings=self.plan.checks, epsilon_curve=curve, margins=margins)
 
     def spent_seconds(self) -> float:
         return sum(self.load(u).get("seconds", 0.0) for u in self.plan.units() if self.done(u))
@@ -187,11 +213,19 @@ def run_unit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, unit: Uni
     if unit.attack == CHECKS:
         record["flags"] = model_flags(model, xs, ys, epsilon=plan.epsilon, norm=plan.norm,
                                       settings=plan.checks, seed=plan.seed)
+    elif unit.attack == MARGINS:
+        generator = torch.Generator(device=xs.device).manual_seed(plan.seed)
+        record["margins"] = {
+            "effective_margin": effective_margin(model, xs, ys).tolist(),
+            "average_margin": amr_margin_lower_bound(model, xs, generator=generator).tolist()}
     else:
-        label, attack = build_attack(unit.attack, epsilon=plan.epsilon, norm=plan.norm,
-                                     seed=plan.seed, **attack_extra)
+        spec, epsilon = unit.attack, plan.epsilon
+        if spec.startswith(CURVE):
+            spec, epsilon = plan.curve_attack, float(spec[len(CURVE):])
+        label, attack = build_attack(spec, epsilon=epsilon, norm=plan.norm, seed=plan.seed,
+                                     **attack_extra)
         record["result"] = run_attack(model, xs, ys, attack, label=label, clean=clean,
-                                      batch_size=plan.batch_size, epsilon=plan.epsilon,
+                                      batch_size=plan.batch_size, epsilon=epsilon,
                                       norm=plan.norm).to_dict()
     record["seconds"] = time.perf_counter() - started
     return record

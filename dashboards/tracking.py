@@ -31,6 +31,7 @@ from typing import Any
 # Our own retry loop replaces MLflow's long HTTP backoff (minutes per call when a server is down).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # logs, not tty bars
 
 from mlflow.entities import Metric, Param, Run, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -38,6 +39,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND = "mlflow.experimentKind"
 STATUS_TAG = "evaluation_status"  # pending → claimed → done / failed (the evaluation pool)
 MAX_PARAM_LENGTH = 6000
 EVAL_LEASE_OWNER = "evaluation_lease_owner"
@@ -88,8 +90,10 @@ class Tracking:
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             try:
+                # the kind tag makes the MLflow UI open on the runs table, not a GenAI overview
                 self.experiment_id = self.client.create_experiment(
-                    experiment, artifact_location=artifact_location)
+                    experiment, artifact_location=artifact_location,
+                    tags={EXPERIMENT_KIND: "custom_model_development"})
             except Exception:  # another process created it first
                 self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
         else:
@@ -418,3 +422,10 @@ def record_evaluation(tracking_uri: str, experiment: str, *, identity: dict[str,
     tracking.client.set_tag(run_id, EVAL_COMPLETE, "true")
     tracking.set_terminated(run_id)
     return run_id, True
+
+
+def training_seconds(tracking_uri: str, run_id: str,
+                     metrics: tuple[str, ...] = ("train_seconds", "eval_seconds")) -> float:
+    """Seconds a trial spent training and validating: the sum of its per-epoch timings."""
+    client = MlflowClient(tracking_uri)
+    return sum(m.value for key in metrics for m in client.get_metric_history(run_id, key))

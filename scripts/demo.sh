@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up, then run the main job on the embedded default: real MNIST, local, no cluster needed.
+# Set up, then run the whole service locally on real MNIST: smoke sweeps of PGD-AT, TRADES and
+# EMR on a local Ray cluster, the evaluation pool on their best checkpoints, the leaderboard in
+# the embedded sqlite MLflow store, and the HTML report (sweeps/demo.py; --help for options).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m trainables.train --config configs/mnist_mlp_pgd_at.yaml "$@"
+exec .venv/bin/python sweeps/demo.py "$@"

@@ -163,3 +163,14 @@ def test_accuracy_rising_with_epsilon_is_flagged():
     assert epsilon_flags([(0.1, 0.5), (0.2, 0.3), (0.3, 0.1)], 0.005) == []
     flags = epsilon_flags([(0.3, 0.4), (0.1, 0.5), (0.2, 0.2)], 0.005)
     assert len(flags) == 1 and "ε=0.2" in flags[0] and "ε=0.3" in flags[0]
+
+
+def test_pgd_gap_uses_the_strongest_pgd():
+    from attacks.checks import autoattack_gap_flags
+
+    names = {"aa": "autoattack", "pgd-100-ce": "pgd", "pgd-100-cw": "pgd"}
+    honest = {"aa": 0.445, "pgd-100-ce": 0.53, "pgd-100-cw": 0.475}  # CE alone trails by 8.5
+    assert autoattack_gap_flags(honest, names, 0.05) == []
+    masked = {"aa": 0.10, "pgd-100-ce": 0.90, "pgd-100-cw": 0.85}
+    (flag,) = autoattack_gap_flags(masked, names, 0.05)
+    assert flag.startswith("pgd-100-cw far weaker than AutoAttack (85.0% vs 10.0%)")

@@ -88,3 +88,28 @@ def test_evaluate_cli_on_a_checkpoint(tmp_path, trained_mlp, capsys):
     assert "robust" not in summary["attacks"]["pgd-20"]
     with pytest.raises(SystemExit, match="not a checkpoint directory"):
         evaluate_cli([str(tmp_path), "--n-examples", "5"])
+
+
+def test_epsilon_curve_and_margin_units_merge(tmp_path, trained_mlp, mnist_test_slice):
+    from attacks.margins import effective_margin
+
+    x, y = (t[:40] for t in mnist_test_slice)
+    chosen = plan(epsilon_curve=(0.02, 0.1), curve_attack="pgd:steps=5", margins=True)
+    assert Plan.from_dict(json.loads(json.dumps(chosen.to_dict()))) == chosen
+    assert len(chosen.units()) == 1 + 3 * (2 + 2 + 1)
+    progress = Progress(tmp_path, "run-2", chosen)
+    for unit in progress.pending():
+        progress.save(unit, run_unit(trained_mlp, x, y, unit, chosen))
+    report = progress.merge()
+    curve = report.to_dict()["epsilon_curve"]
+    assert [p["epsilon"] for p in curve] == [0.02, 0.1]
+    for point in curve:
+        expected = torch.cat([evaluate_model(
+            trained_mlp, x[a:b], y[a:b], attacks=["pgd:steps=5"], epsilon=point["epsilon"],
+            checks=False).attacks["pgd:steps=5"].robust for a, b in chosen.shards()])
+        assert point["accuracy"] == pytest.approx(expected.float().mean().item())
+    assert curve[0]["accuracy"] >= curve[1]["accuracy"]
+    assert len(report.margins["effective_margin"]) == 40
+    assert report.margins["effective_margin"] == pytest.approx(
+        effective_margin(trained_mlp, x, y).tolist(), rel=1e-5)
+    assert all(0 <= m <= 5.0 for m in report.margins["average_margin"])

@@ -1,0 +1,160 @@
+"""``python -m dashboards.report``: the leaderboard as one static HTML page with PNG plots.
+
+The page opens from disk with no server: the ranked leaderboard (flagged rows set apart), the
+Pareto front of clean vs AutoAttack accuracy by defense, AutoAttack accuracy against ε, each
+sweep's Optuna optimisation history and parameter importances, effective- and average-margin
+histograms, the cost of every row in device-hours, and an exact McNemar test between the two
+best trusted rows. Per-example data comes from each row's ``evaluation/report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from dashboards import plots
+from dashboards.compare import compare_reports
+from dashboards.leaderboard import LEADERBOARD, load, to_html, to_markdown
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table.leaderboard{border-collapse:collapse;font-size:13px}
+table.leaderboard td,table.leaderboard th{padding:3px 8px;border-bottom:1px solid #ddd}
+figure{display:inline-block;margin:1em}figcaption{font-size:13px;color:#555}
+.flagged{color:#a33}"""
+
+
+def row_reports(tracking_uri: str, frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Each row's full evaluation report (per-example flags, curve, margins)."""
+    client = MlflowClient(tracking_uri)
+    reports = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for run_id in frame["run_id"]:
+            try:
+                path = client.download_artifacts(run_id, "evaluation/report.json", folder)
+                reports[run_id] = json.loads(Path(path).read_text())
+            except Exception:  # an older row without the artifact: it simply has no curves
+                continue
+    return reports
+
+
+def label(row: pd.Series) -> str:
+    return f"{row['defense']} {str(row['run_id'])[:6]}"
+
+
+def sweep_figures(optuna_storage: str | None, out: Path) -> list[tuple[Path, str]]:
+    if not optuna_storage:
+        return []
+    import optuna
+
+    figures = []
+    for summary in optuna.get_all_study_summaries(optuna_storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=optuna_storage)
+        for path in plots.optuna_figures(study, out / f"sweep_{summary.study_name}"):
+            kind = "parameter importances" if "importance" in path.name else \
+                "optimisation history"
+            figures.append((path, f"Sweep {summary.study_name}: {kind}"))
+    return figures
+
+
+def comparison(frame: pd.DataFrame, reports: dict[str, dict[str, Any]]) -> str:
+    trusted = frame[~frame["flagged"]]
+    if len(trusted) < 2:
+        return "<p>Fewer than two trusted rows: nothing to compare.</p>"
+    first, second = trusted.iloc[0], trusted.iloc[1]
+    a, b = reports.get(first["run_id"]), reports.get(second["run_id"])
+    if a is None or b is None:
+        return "<p>The two best rows have no per-example data to compare.</p>"
+    try:
+        result = compare_reports(a, b)
+    except ValueError as error:
+        return f"<p>The two best rows are not paired: {html.escape(str(error))}</p>"
+    return f"<p>{html.escape(result.sentence(label(first), label(second)))}</p>"
+
+
+def render(tracking_uri: str, out: Path, *, experiment: str = LEADERBOARD,
+           optuna_storage: str | None = None, title: str = "Robustness leaderboard",
+           **filters: str | None) -> Path:
+    """Write ``out/index.html`` (and its PNGs, ``leaderboard.md`` and ``.csv``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    frame = load(tracking_uri, experiment, **filters)
+    reports = row_reports(tracking_uri, frame) if not frame.empty else {}
+    names = {run_id: label(row) for run_id, row in frame.set_index("run_id", drop=False)
+             .iterrows()} if not frame.empty else {}
+    curves = {names[r]: rep.get("epsilon_curve", []) for r, rep in reports.items()}
+    margins = {names[r]: rep.get("margins", {}) for r, rep in reports.items()}
+    figures = [
+        (plots.pareto(frame, out / "pareto.png"), "Clean vs AutoAttack accuracy by defense; "
+         "hollow markers are flagged rows, the dashed line the trusted Pareto front"),
+        (plots.epsilon_curves(curves, out / "epsilon_curve.png"), "AutoAttack accuracy vs ε"),
+        *sweep_figures(optuna_storage, out),
+        (plots.margin_histograms(margins, "effective_margin", out / "effective_margin.png"),
+         "Effective margin (EMR Eq. 3) of the test points"),
+        (plots.margin_histograms(margins, "average_margin", out / "average_margin.png"),
+         "Average margin: AMR's L2 distance bound of the test points"),
+        (plots.cost(frame, out / "cost.png"), "Device-hours per row"),
+    ]
+    (out / "leaderboard.md").write_text(to_markdown(frame))
+    frame.to_csv(out / "leaderboard.csv", index=False)
+    flagged = frame[frame["flagged"]] if not frame.empty else frame
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f"<p>{len(frame)} evaluated checkpoints from <code>{html.escape(tracking_uri)}"
+            f"</code>, ranked by AutoAttack accuracy (%); flagged rows are listed after the "
+            f"trusted ones, unranked. Also as <a href='leaderboard.csv'>CSV</a> and "
+            f"<a href='leaderboard.md'>Markdown</a>.</p>",
+            to_html(frame) if not frame.empty else "<p>No evaluated checkpoints yet.</p>"]
+    if not flagged.empty:
+        body.append("<h2>Integrity flags</h2><ul class='flagged'>" + "".join(
+            f"<li>{html.escape(label(row))}: {html.escape(row['flags'])}</li>"
+            for _, row in flagged.iterrows()) + "</ul>")
+    body.append("<h2>Is the best row really better than the runner-up?</h2>")
+    body.append(comparison(frame, reports) if not frame.empty else "<p>No rows.</p>")
+    body.append("<h2>Figures</h2>")
+    for path, caption in figures:
+        if path is None:
+            body.append(f"<p><em>{html.escape(caption)}: no data in this leaderboard.</em></p>")
+        else:
+            body.append(f"<figure><img src='{path.name}' alt='{html.escape(caption)}'>"
+                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from dashboards.tracking import default_tracking_uri
+    from sweeps.runner import home
+
+    parser = argparse.ArgumentParser(prog="python -m dashboards.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tracking-uri", help="MLflow store (default: sqlite under "
+                                               "$ROBUST_SWEEPS_HOME)")
+    parser.add_argument("--experiment", default=LEADERBOARD)
+    parser.add_argument("--optuna-storage", help="study storage for the sweep plots "
+                                                 "(default: $ROBUST_SWEEPS_HOME/optuna.db)")
+    parser.add_argument("--out", type=Path, help="output folder (default: "
+                                                 "$ROBUST_SWEEPS_HOME/report)")
+    for name in ("dataset", "threat-model", "sweep", "defense"):
+        parser.add_argument(f"--{name}", help=f"only rows of this {name.replace('-', ' ')}")
+    args = parser.parse_args(argv)
+    root = home()
+    storage = args.optuna_storage
+    if storage is None and (root / "optuna.db").exists():
+        storage = f"sqlite:///{root / 'optuna.db'}"
+    index = render(args.tracking_uri or default_tracking_uri(root), args.out or root / "report",
+                   experiment=args.experiment, optuna_storage=storage, dataset=args.dataset,
+                   threat_model=args.threat_model, sweep=args.sweep, defense=args.defense)
+    print(index)
+    return index
+
+
+if __name__ == "__main__":
+    main()

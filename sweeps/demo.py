@@ -1,0 +1,126 @@
+"""The whole service in one command, on this machine: sweeps → evaluation pool → leaderboard.
+
+1. starts a local Ray cluster (2 CPUs);
+2. runs a smoke sweep per defense on real MNIST (a small MLP, 3 epochs per trial, Optuna TPE
+   and ASHA): PGD-AT and TRADES as baselines, EMR as the method under test;
+3. runs the evaluation pool on each sweep's best finished checkpoints: AutoAttack (standard) on
+   the first ``--n-examples`` test points, PGD-100 (CE and CW), Square and a light SPSA, the
+   AutoAttack accuracy at two more radii, and the effective / average margins;
+4. writes the leaderboard to the embedded sqlite MLflow store and renders the HTML report;
+5. prints where the report is and the command that opens the MLflow UI, and stops the cluster.
+
+    .venv/bin/python sweeps/demo.py            # README's first command runs this
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or a Ray job
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = ".robust-sweeps-demo"
+DEFENSES = ("pgd_at", "trades", "emr")
+POOL_ATTACKS = ("aa-standard", "pgd-100-ce", "pgd-100-cw", "square:queries=1000", "spsa-light")
+
+
+def say(message: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def fresh_home(path: Path) -> Path:
+    """The demo's own folder, emptied if a previous demo made it (never anything else)."""
+    if path.exists() and any(path.iterdir()):
+        if not (path / MARKER).exists():
+            raise SystemExit(f"{path} exists and was not made by the demo; choose --home")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    (path / MARKER).write_text("made by sweeps/demo.py; removed by the next demo run\n")
+    return path
+
+
+def run_sweeps(defenses, samples: int, epochs: int) -> list[dict]:
+    from sweeps.cli import SMOKE_BASE, summarize
+    from sweeps.runner import SweepSpec, run_sweep
+    from trainables.config import merge
+
+    summaries = []
+    for defense in defenses:
+        spec = SweepSpec(name=f"demo-{defense}", base=merge(SMOKE_BASE, {
+            "defense": defense, "epochs": epochs}), num_samples=samples, max_concurrent=2,
+            cpus_per_trial=1.0, grace_period=1, reduction_factor=2)
+        say(f"sweep {spec.name}: {samples} trials of {epochs} epochs (Optuna TPE + ASHA)")
+        started = time.perf_counter()
+        summary = summarize(run_sweep(dataclasses.replace(spec)), time.perf_counter() - started)
+        best = max((r["val_robust_accuracy"] or 0.0 for r in summary["results"]), default=0.0)
+        say(f"sweep {spec.name}: {summary['trials']} trials, {summary['errors']} errors, best "
+            f"val robust accuracy {best:.1%}, {summary['wall_seconds']:.0f} s")
+        summaries.append({"sweep": spec.name, **summary})
+    return summaries
+
+
+def run_pool(sweeps: list[str], top_k: int, n_examples: int) -> None:
+    from attacks.pool import main as pool_main
+
+    for sweep in sweeps:
+        say(f"evaluation pool on the {top_k} best checkpoints of {sweep}")
+        pool_main(["--sweep", sweep, "--top-k", str(top_k), "--attacks", *POOL_ATTACKS,
+                   "--n-examples", str(n_examples), "--shard-size", str(max(1, n_examples // 2)),
+                   "--evaluators", "2", "--epsilon-curve", "0.05", "0.15", "--margins",
+                   "--settle-seconds", "0.2"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", type=Path, default=ROOT / "demo-results",
+                        help="where the demo keeps everything (emptied first)")
+    parser.add_argument("--defenses", nargs="+", default=list(DEFENSES))
+    parser.add_argument("--samples", type=int, default=3, help="trials per sweep")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--top-k", type=int, default=2, help="checkpoints evaluated per sweep")
+    parser.add_argument("--n-examples", type=int, default=200, help="test points evaluated")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    home = fresh_home(args.home.resolve())
+    os.environ["ROBUST_SWEEPS_HOME"] = str(home)
+    import ray
+
+    from dashboards.leaderboard import load, to_markdown
+    from dashboards.report import render
+    from dashboards.tracking import default_tracking_uri
+
+    say(f"starting a local Ray cluster (2 CPUs); everything goes to {home}")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    try:
+        summaries = run_sweeps(args.defenses, args.samples, args.epochs)
+        run_pool([s["sweep"] for s in summaries], args.top_k, args.n_examples)
+    finally:
+        ray.shutdown()
+        say("stopped the Ray cluster")
+    uri = default_tracking_uri(home)
+    index = render(uri, home / "report", optuna_storage=f"sqlite:///{home / 'optuna.db'}",
+                   title="Demo leaderboard: PGD-AT, TRADES and EMR on MNIST")
+    board = to_markdown(load(uri))
+    (home / "leaderboard.md").write_text(board)
+    minutes = (time.perf_counter() - started) / 60
+    print(board)
+    print(f"Report: {index}")
+    print(f"MLflow UI: {ROOT / '.venv' / 'bin' / 'mlflow'} ui --backend-store-uri {uri} "
+          "--host 127.0.0.1 --port 5000   (then open http://127.0.0.1:5000)")
+    print(json.dumps({"minutes": round(minutes, 1), "report": str(index),
+                      "sweeps": [{k: s[k] for k in ("sweep", "trials", "errors")}
+                                 for s in summaries]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
