@@ -1,7 +1,7 @@
 """The whole service in one command, on this machine: sweeps → evaluation pool → leaderboard.
 
 1. starts a local Ray cluster (2 CPUs);
-2. runs a smoke sweep per defense on real MNIST (a small MLP, 3 epochs per trial, Optuna TPE
+2. runs a smoke sweep per defense on real MNIST (a small MLP, 4 trials of 4 epochs, Optuna TPE
    and ASHA): PGD-AT and TRADES as baselines, EMR as the method under test;
 3. runs the evaluation pool on each sweep's best finished checkpoints: AutoAttack (standard) on
    the first ``--n-examples`` test points, PGD-100 (CE and CW), Square and a light SPSA, the
@@ -83,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=ROOT / "demo-results",
                         help="where the demo keeps everything (emptied first)")
     parser.add_argument("--defenses", nargs="+", default=list(DEFENSES))
-    parser.add_argument("--samples", type=int, default=3, help="trials per sweep")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=4, help="trials per sweep")
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--top-k", type=int, default=2, help="checkpoints evaluated per sweep")
-    parser.add_argument("--n-examples", type=int, default=200, help="test points evaluated")
+    parser.add_argument("--n-examples", type=int, default=300, help="test points evaluated")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     home = fresh_home(args.home.resolve())
@@ -114,8 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.perf_counter() - started) / 60
     print(board)
     print(f"Report: {index}")
+    from mlflow.tracking import MlflowClient
+
+    board_id = MlflowClient(uri).get_experiment_by_name("leaderboard").experiment_id
     print(f"MLflow UI: {ROOT / '.venv' / 'bin' / 'mlflow'} ui --backend-store-uri {uri} "
-          "--host 127.0.0.1 --port 5000   (then open http://127.0.0.1:5000)")
+          f"--host 127.0.0.1 --port 5000   then open "
+          f"http://127.0.0.1:5000/#/experiments/{board_id}/runs")
     print(json.dumps({"minutes": round(minutes, 1), "report": str(index),
                       "sweeps": [{k: s[k] for k in ("sweep", "trials", "errors")}
                                  for s in summaries]}))

@@ -160,3 +160,27 @@ def test_killed_pool_resumes_without_redoing_units(ray_cluster, store, trained_m
     (clean,) = leaderboard_runs(fresh)
     numbers = {k: v for k, v in killed[0].data.metrics.items() if not k.endswith("_seconds")}
     assert numbers == {k: v for k, v in clean.data.metrics.items() if not k.endswith("_seconds")}
+
+
+def test_watch_mode_picks_up_checkpoints_published_later(store, trained_mlp, tmp_path):
+    MlflowClient(store["uri"]).search_experiments()  # the store's tables exist before both
+    log = tmp_path / "watch.log"
+    args = [sys.executable, "-m", "attacks.pool", *pool_args(store), "--attacks", "pgd:steps=5",
+            "--watch", "--poll-seconds", "1", "--address", "local", "--evaluators", "1"]
+    watcher = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log.open("w"),
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "evaluators; tracking" not in log.read_text():  # polling an empty store
+            assert watcher.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        publish(store, trained_mlp, trial="late", score=0.5)
+        while len(leaderboard_runs(store)) < 1:
+            assert watcher.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        assert watcher.poll() is None  # still watching
+    finally:
+        os.killpg(watcher.pid, signal.SIGKILL)
+        watcher.wait()
