@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
+
+from dashboards.compare import McNemarResult, compare_reports
 
 LEADERBOARD = "leaderboard"
 # leaderboard column → metric prefix written by attacks.rows
@@ -148,3 +152,32 @@ def robustbench_entry(row: pd.Series | dict[str, Any], *, name: str | None = Non
 
 def robustbench_json(row: pd.Series | dict[str, Any], **fields: Any) -> str:
     return json.dumps(robustbench_entry(row, **fields))
+
+
+def row_report(tracking_uri: str, run_id: str) -> dict[str, Any]:
+    """A leaderboard row's full evaluation report (its ``evaluation/report.json``)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = MlflowClient(tracking_uri).download_artifacts(run_id, "evaluation/report.json",
+                                                             folder)
+        return json.loads(Path(path).read_text())
+
+
+def compare_rows(tracking_uri: str, run_a: str, run_b: str,
+                 attack: str = "worst_case") -> McNemarResult:
+    """Exact McNemar test between two rows on their paired per-example flags."""
+    return compare_reports(row_report(tracking_uri, run_a), row_report(tracking_uri, run_b),
+                           attack)
+
+
+def compare_sweeps(tracking_uri: str, sweep_a: str, sweep_b: str,
+                   experiment: str = LEADERBOARD, attack: str = "worst_case"
+                   ) -> tuple[str, str, McNemarResult]:
+    """The best trusted row of each sweep, and whether their difference is significant."""
+    best = []
+    for sweep in (sweep_a, sweep_b):
+        rows = load(tracking_uri, experiment, sweep=sweep)
+        trusted = rows[~rows["flagged"]] if not rows.empty else rows
+        if trusted.empty:
+            raise ValueError(f"sweep {sweep!r} has no trusted leaderboard row")
+        best.append(trusted.iloc[0]["run_id"])
+    return best[0], best[1], compare_rows(tracking_uri, best[0], best[1], attack)

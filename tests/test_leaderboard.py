@@ -76,3 +76,18 @@ def test_report_page_and_every_figure(board, tmp_path):
         assert width > 100 and height > 50
     assert "exact McNemar p =" in page and "emr" in page
     assert (index.parent / "leaderboard.md").read_text().startswith("| rank")
+
+
+def test_rows_and_sweeps_compared_on_paired_flags(board):
+    from dashboards.leaderboard import compare_rows, compare_sweeps
+
+    uri, _ = board
+    frame = load(uri).set_index("defense")
+    # tests.boards: robust flags are prefixes, so EMR (34/50) ⊇ PGD-AT (30/50): 4 discordant
+    result = compare_rows(uri, frame.loc["emr", "run_id"], frame.loc["pgd_at", "run_id"],
+                          attack="aa-standard")
+    assert (result.only_a, result.only_b) == (4, 0)
+    assert result.p_value == pytest.approx(2 / 16)
+    best_a, best_b, result = compare_sweeps(uri, "s1", "s2")
+    assert (best_a, best_b) == (frame.loc["emr", "run_id"], frame.loc["trades", "run_id"])
+    assert (result.only_a, result.only_b) == (6, 0)  # worst case: 34 vs 28 (broken is flagged)
