@@ -44,6 +44,15 @@ def row_reports(tracking_uri: str, frame: pd.DataFrame) -> dict[str, dict[str, A
     return reports
 
 
+def curve_points(report: dict[str, Any]) -> list[dict[str, float]]:
+    """The ε curve of a report, with the AutoAttack accuracy at the evaluation's own ε."""
+    points = list(report.get("epsilon_curve", []))
+    main = [a for a in report.get("attacks", {}).values() if a.get("name") == "autoattack"]
+    if points and main and all(p["epsilon"] != report["epsilon"] for p in points):
+        points.append({"epsilon": report["epsilon"], "accuracy": main[0]["accuracy"]})
+    return points
+
+
 def label(row: pd.Series) -> str:
     return f"{row['defense']} {str(row['run_id'])[:6]}"
 
@@ -87,7 +96,7 @@ def render(tracking_uri: str, out: Path, *, experiment: str = LEADERBOARD,
     reports = row_reports(tracking_uri, frame) if not frame.empty else {}
     names = {run_id: label(row) for run_id, row in frame.set_index("run_id", drop=False)
              .iterrows()} if not frame.empty else {}
-    curves = {names[r]: rep.get("epsilon_curve", []) for r, rep in reports.items()}
+    curves = {names[r]: curve_points(rep) for r, rep in reports.items()}
     margins = {names[r]: rep.get("margins", {}) for r, rep in reports.items()}
     figures = [
         (plots.pareto(frame, out / "pareto.png"), "Clean vs AutoAttack accuracy by defense; "
