@@ -37,6 +37,9 @@ SAMPLERS = ("tpe", "nsga2", "cmaes", "random")
 PARETO = ("val_clean_accuracy", "val_robust_accuracy")
 
 
+CODE_VERSION_ENV = "ROBUST_SWEEPS_CODE_VERSION"
+
+
 def home() -> Path:
     """Where sweeps keep results, databases and artifacts unless told otherwise."""
     path = Path(os.environ.get(HOME_ENV, Path.home() / "robust-sweeps")).expanduser().resolve()
@@ -45,6 +48,10 @@ def home() -> Path:
 
 
 def code_version() -> str:
+    """The git commit of this code, or ``$ROBUST_SWEEPS_CODE_VERSION`` where there is no
+    repository (the Docker image is built with it)."""
+    if os.environ.get(CODE_VERSION_ENV):
+        return os.environ[CODE_VERSION_ENV]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
