@@ -79,7 +79,10 @@ def autoattack_ratio(model, x, y, epsilon: float, rounds: int) -> float:
     return statistics.median(ours) / statistics.median(direct)
 
 
-def pool_throughput(checkpoint: Path, n: int, evaluators: int) -> float:
+def run_pool(checkpoint: Path, *, n: int, evaluators: int, attacks, shard_size: int,
+             gpus_per_evaluator: float = 0.0) -> dict:
+    """One pool run on a fresh sqlite store holding two published copies of ``checkpoint``;
+    the pool's summary (examples, wall_seconds, ...)."""
     from attacks.pool import main as pool_main
     from dashboards.tracking import STATUS_TAG, TrialTracker, now_ms
     from trainables.checkpoints import load_checkpoint
@@ -93,10 +96,16 @@ def pool_throughput(checkpoint: Path, n: int, evaluators: int) -> float:
                                    artifact_location=(root / "art").as_uri())
             tracker.publish([{"epoch": 1, "timestamp": now_ms()}], checkpoint,
                             tags={STATUS_TAG: "pending", "best_val_robust_accuracy": "0.5"})
-        summary = pool_main(["--tracking-uri", uri, "--state-dir", str(root / "state"),
-                             "--attacks", *POOL_ATTACKS, "--n-examples", str(n),
-                             "--shard-size", str(max(1, n // 4)), "--evaluators",
-                             str(evaluators), "--settle-seconds", "0.1"])
+        return pool_main(["--tracking-uri", uri, "--state-dir", str(root / "state"),
+                          "--attacks", *attacks, "--n-examples", str(n),
+                          "--shard-size", str(shard_size), "--evaluators", str(evaluators),
+                          "--gpus-per-evaluator", f"{gpus_per_evaluator:g}",
+                          "--settle-seconds", "0.1"])
+
+
+def pool_throughput(checkpoint: Path, n: int, evaluators: int) -> float:
+    summary = run_pool(checkpoint, n=n, evaluators=evaluators, attacks=POOL_ATTACKS,
+                       shard_size=max(1, n // 4))
     rate = summary["examples"] / summary["wall_seconds"]
     print(f"pool, {evaluators} evaluator(s): {summary['examples']} examples × "
           f"{len(POOL_ATTACKS)} attacks in {summary['wall_seconds']:.1f} s = {rate:.2f} "

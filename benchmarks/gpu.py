@@ -231,25 +231,12 @@ def pool_checkpoint(folder: Path, args: argparse.Namespace) -> Path:
 
 def pool_rate(checkpoint: Path, args: argparse.Namespace, evaluators: int) -> float:
     """examples/s of one pool run with ``evaluators`` actors on two published checkpoints."""
-    from attacks.pool import main as pool_main
-    from dashboards.tracking import STATUS_TAG, TrialTracker, now_ms
-    from trainables.checkpoints import load_checkpoint
+    from eval_overhead import run_pool  # a sibling script: benchmarks/ is on sys.path
 
-    config = load_checkpoint(checkpoint).config
     n = args.size.pool_examples
     gpus = 1 / evaluators if args.cuda else 0.0
-    with tempfile.TemporaryDirectory() as folder:
-        root = Path(folder)
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        for trial in ("a", "b"):
-            tracker = TrialTracker(uri, "sweeps", "bench", trial, None, config.to_dict(),
-                                   artifact_location=(root / "art").as_uri())
-            tracker.publish([{"epoch": 1, "timestamp": now_ms()}], checkpoint,
-                            tags={STATUS_TAG: "pending", "best_val_robust_accuracy": "0.5"})
-        summary = pool_main(["--tracking-uri", uri, "--state-dir", str(root / "state"),
-                             "--attacks", *POOL_ATTACKS, "--n-examples", str(n),
-                             "--shard-size", str(max(1, n // 8)), "--evaluators", str(evaluators),
-                             "--gpus-per-evaluator", f"{gpus:g}", "--settle-seconds", "0.1"])
+    summary = run_pool(checkpoint, n=n, evaluators=evaluators, attacks=POOL_ATTACKS,
+                       shard_size=max(1, n // 8), gpus_per_evaluator=gpus)
     rate = summary["examples"] / summary["wall_seconds"]
     print(f"pool, {evaluators} evaluator(s) × {gpus:g} GPU: {summary['examples']} examples in "
           f"{summary['wall_seconds']:.1f} s = {rate:.2f} examples/s", flush=True)
