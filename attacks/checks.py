@@ -167,7 +167,7 @@ def autoattack_gap_flags(accuracy: Mapping[str, float], names: Mapping[str, str]
 
 
 def epsilon_flags(curve: Sequence[tuple[float, float]], tolerance: float) -> list[str]:
-    """Robust accuracy should not rise as ε grows, and should reach 0 at a huge ε if probed."""
+    """Robust accuracy should not rise as ε grows (beyond ``tolerance``)."""
     points = sorted(curve)
     return [f"robust accuracy rises with ε: {a0:.1%} at ε={e0:g} but {a1:.1%} at ε={e1:g}"
             for (e0, a0), (e1, a1) in zip(points, points[1:], strict=False)

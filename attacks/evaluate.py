@@ -13,7 +13,6 @@ CLI for checkpoints: ``python -m attacks.evaluate CHECKPOINT --attacks aa-standa
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +24,7 @@ from torch import nn
 
 from attacks.checks import DEFAULT_CHECKS, CheckSettings, model_flags, result_flags
 from attacks.pgd import model_mode
-from attacks.suite import ALIASES, ATTACKS, Attack, create_attack, parse_spec
+from attacks.suite import Attack, create_attack
 
 Z_95 = 1.959963984540054
 Progress = Callable[[str], None]
@@ -119,10 +118,11 @@ class Report:
 # -- pieces ------------------------------------------------------------------------------------
 @torch.no_grad()
 def predictions(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    if len(x) == 0:
+        return torch.zeros(0, dtype=torch.long, device=x.device)
     with model_mode(model, "eval"):
         return torch.cat([model(x[i:i + batch_size]).argmax(1)
-                          for i in range(0, len(x), batch_size)]) if len(x) else \
-            torch.zeros(0, dtype=torch.long, device=x.device)
+                          for i in range(0, len(x), batch_size)])
 
 
 def clean_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -135,16 +135,8 @@ def build_attack(spec: str | Attack, *, epsilon: float, norm: str, seed: int,
     """``(label, attack)``; the shared ``epsilon``/``norm``/``seed`` fill what a spec omits."""
     if isinstance(spec, Attack):
         return spec.name, spec
-    base, _ = parse_spec(spec)
-    factory = ATTACKS.get(ALIASES[base][0] if base in ALIASES else base)
-    accepted = inspect.signature(factory).parameters
-    shared = {"epsilon": epsilon, "norm": norm, "seed": seed, **extra}
-    defaults = {k: v for k, v in shared.items() if k in accepted}
-    return spec, create_attack(spec, **{**defaults, **_explicit(spec)})
-
-
-def _explicit(spec: str) -> dict[str, Any]:
-    return parse_spec(spec)[1]
+    return spec, create_attack(spec, defaults={"epsilon": epsilon, "norm": norm, "seed": seed,
+                                               **extra})
 
 
 def _outside(x_adv: torch.Tensor, x: torch.Tensor, epsilon: float, norm: str) -> int:
@@ -175,9 +167,8 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attac
         output = attack.run(model, x[part], y[part])
         outside += _outside(output.x_adv, x[part], epsilon, norm)
         robust[part] = predictions(model, output.x_adv, batch_size) == y[part]
-        flags += [f for f in output.flags if f not in flags]
-        for key, value in output.details.items():
-            details[key] = _merge_detail(details.get(key), value)
+        flags = merge_flags(flags, output.flags)
+        details = merge_details(details, output.details)
     if outside:
         raise RuntimeError(f"attack {label or attack.name} left the threat model on {outside} "
                            "points")
@@ -188,11 +179,21 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attac
 _AUTOATTACK_NAMES = ("autoattack", "apgd-ce", "apgd-t", "fab-t", "square")
 
 
-def _merge_detail(old: Any, new: Any) -> Any:
-    """Counts per key add up across batches; anything else keeps its latest value."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return {k: old.get(k, 0) + v if isinstance(v, int) else v for k, v in new.items()}
-    return new
+def merge_flags(flags: Sequence[str], new: Sequence[str]) -> list[str]:
+    """``flags`` then the ``new`` ones not already there, in order."""
+    return [*flags, *(f for f in dict.fromkeys(new) if f not in flags)]
+
+
+def merge_details(details: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Details of one more batch or shard: counts (dicts of ints) add up; anything else keeps
+    its latest value."""
+    merged = dict(details)
+    for key, value in new.items():
+        old = merged.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            value = {k: old.get(k, 0) + v if isinstance(v, int) else v for k, v in value.items()}
+        merged[key] = value
+    return merged
 
 
 def build_report(clean: torch.Tensor, results: Sequence[AttackResult], *, epsilon: float,
@@ -205,7 +206,7 @@ def build_report(clean: torch.Tensor, results: Sequence[AttackResult], *, epsilo
     curve = [(point["epsilon"], point["accuracy"]) for point in epsilon_curve]
     flags = list(model_checks)
     for result in results:
-        flags += [f for f in result.flags if f not in flags]
+        flags = merge_flags(flags, result.flags)
     flags += result_flags(robust, {label: r.name for label, r in attacks.items()},
                           {label: r.white_box for label, r in attacks.items()},
                           curve=curve, settings=settings)

@@ -90,13 +90,17 @@ def _resolve_loss(loss: str | LossFn) -> LossFn:
     return LOSSES[loss]
 
 
-def _single_run(model, x, y, loss_fn, epsilon, steps, step_size, norm, start, generator,
-                gaussian_std):
-    x_adv = random_start_point(x, epsilon, norm, start, generator, gaussian_std)
+def ascend(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
+           epsilon: float, steps: int, step_size: float, norm: str = "linf",
+           random_start: str = "uniform", generator: torch.Generator | None = None,
+           gaussian_std: float = 0.001) -> torch.Tensor:
+    """Projected steepest ascent on a scalar ``objective(x_adv)`` whose per-example parts are
+    independent (a sum or mean of per-example terms), from ``random_start``."""
+    x_adv = random_start_point(x, epsilon, norm, random_start, generator, gaussian_std)
     for _ in range(steps):
         x_adv.requires_grad_(True)
-        objective = loss_fn(model(x_adv), y).sum()
-        (grad,) = torch.autograd.grad(objective, x_adv)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(objective(x_adv), x_adv)
         with torch.no_grad():
             if norm == "linf":
                 step = grad.sign()
@@ -104,6 +108,13 @@ def _single_run(model, x, y, loss_fn, epsilon, steps, step_size, norm, start, ge
                 step = grad / _per_example_norm(grad)
             x_adv = project(x_adv + step_size * step, x, epsilon, norm)
     return x_adv.detach()
+
+
+def _single_run(model, x, y, loss_fn, epsilon, steps, step_size, norm, start, generator,
+                gaussian_std):
+    return ascend(lambda x_adv: loss_fn(model(x_adv), y).sum(), x, epsilon=epsilon,
+                  steps=steps, step_size=step_size, norm=norm, random_start=start,
+                  generator=generator, gaussian_std=gaussian_std)
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float, steps: int,

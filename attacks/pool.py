@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from attacks.pool_cli import PoolConfig, parse_config
 from attacks.rows import row_metrics, row_params, row_tags
 from attacks.shards import Plan, Progress, Unit, run_unit
 from dashboards import tracking as mlflow_store
+from sweeps.runner import connect
 
 
 def log(message: str) -> None:
@@ -76,7 +76,6 @@ class Job:
     progress: Progress
     checkpoint: str
     data_checksum: str
-    in_flight: int = 0
     failed: str | None = None
     reused: int = 0
 
@@ -168,7 +167,6 @@ class Pool:
                 actor = idle.popleft()
                 ref = actor.run.remote(job.candidate.run_id, job.plan.to_dict(), unit.__dict__)
                 running[ref] = (actor, job, unit)
-                job.in_flight += 1
             if not running:
                 break
             ready, _ = ray.wait(list(running), num_returns=1, timeout=5.0)
@@ -179,7 +177,6 @@ class Pool:
             for ref in ready:
                 heard = time.monotonic()
                 actor, job, unit = running.pop(ref)
-                job.in_flight -= 1
                 if self.collect(job, unit, ref):
                     idle.append(actor)
                 else:  # the evaluator died (node lost, out of memory): replace it, redo unit
@@ -287,10 +284,7 @@ def _last_line(error: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = parse_config(argv)
-    if config.address and config.address != "local":
-        os.environ.setdefault("RAY_AUTH_MODE", "token")  # `ray start` clusters use tokens
-    if not ray.is_initialized():
-        ray.init(address=config.address, log_to_driver=False, configure_logging=False)
+    connect(config.address, log_to_driver=False, configure_logging=False)
     started = time.perf_counter()
     pool = Pool(config)
     log(f"{config.evaluators} evaluators; tracking {config.tracking_uri}; "

@@ -28,6 +28,8 @@ from attacks.evaluate import (
     build_attack,
     build_report,
     clean_flags,
+    merge_details,
+    merge_flags,
     run_attack,
     summary,
 )
@@ -116,6 +118,7 @@ class Progress:
 
     def __init__(self, root: str | os.PathLike, checkpoint_id: str, plan: Plan) -> None:
         self.plan = plan
+        self.records: dict[str, dict[str, Any]] = {}  # unit files never change once written
         self.directory = Path(root) / checkpoint_id / plan.key
         self.directory.mkdir(parents=True, exist_ok=True)
         plan_file = self.directory / "plan.json"
@@ -130,9 +133,12 @@ class Progress:
 
     def save(self, unit: Unit, result: dict[str, Any]) -> None:
         _write_json(self.directory / unit.filename, result)
+        self.records[unit.filename] = result
 
     def load(self, unit: Unit) -> dict[str, Any]:
-        return json.loads((self.directory / unit.filename).read_text())
+        if unit.filename not in self.records:
+            self.records[unit.filename] = json.loads((self.directory / unit.filename).read_text())
+        return self.records[unit.filename]
 
     def complete(self) -> bool:
         return not self.pending()
@@ -177,24 +183,13 @@ def _concatenate(label: str, parts: list[dict[str, Any]]) -> AttackResult:
     first = AttackResult.from_dict(label, parts[0]["result"])
     robust = torch.cat([_flags(p["result"], "robust") for p in parts])
     flags: list[str] = []
+    details: dict[str, Any] = {}
     for part in parts:
-        flags += [f for f in part["result"].get("flags", []) if f not in flags]
-    details = _sum_counts([p["result"].get("details", {}) for p in parts])
+        flags = merge_flags(flags, part["result"].get("flags", []))
+        details = merge_details(details, part["result"].get("details", {}))
     seconds = sum(p["result"]["seconds"] for p in parts)
     return AttackResult(label, first.name, first.white_box, first.settings, robust, seconds,
                         flags, details)
-
-
-def _sum_counts(details: list[dict[str, Any]]) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for entry in details:
-        for key, value in entry.items():
-            if isinstance(value, dict) and all(isinstance(v, int) for v in value.values()):
-                old = merged.get(key, {})
-                merged[key] = {k: old.get(k, 0) + v for k, v in value.items()}
-            else:
-                merged[key] = value
-    return merged
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:

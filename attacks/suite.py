@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from attacks import autoattack as aa
-from attacks.pgd import fgsm, model_mode, pgd, project, random_start_point
+from attacks.pgd import ascend, fgsm, model_mode, pgd
 from attacks.spsa import spsa, spsa_preset
 from trainables.registry import Registry
 
@@ -75,18 +75,21 @@ def list_attacks() -> list[str]:
     return ATTACKS.names() + sorted(ALIASES)
 
 
-def create_attack(name: str, **params: Any) -> Attack:
+def create_attack(name: str, defaults: dict[str, Any] | None = None, **params: Any) -> Attack:
     """The attack ``name`` (a registered name, an alias or a spec string) with ``params``.
 
-    ``epsilon`` is required by every attack; unknown settings fail with the accepted ones.
+    ``defaults`` fill only the settings the attack accepts and the spec leaves open (shared
+    values such as ``epsilon``, ``norm``, ``seed``); ``epsilon`` is required by every attack;
+    unknown settings fail with the accepted ones.
     """
     base, spec_params = parse_spec(name)
     if base in ALIASES:
         base, alias_params = ALIASES[base]
         spec_params = {**alias_params, **spec_params}
     factory = ATTACKS.get(base)
-    merged = {**spec_params, **params}
     signature = inspect.signature(factory)
+    shared = {k: v for k, v in (defaults or {}).items() if k in signature.parameters}
+    merged = {**shared, **spec_params, **params}
     try:
         signature.bind(**merged)
     except TypeError as error:
@@ -183,27 +186,10 @@ def _adaptive(*, epsilon: float, defense: str, defense_params: dict | None = Non
         def objective(x_adv):
             return chosen.loss(model, x, y, x_adv, None, ids=None)[0]
 
-        return AttackOutput(objective_pgd(objective, x, epsilon=epsilon, steps=steps,
-                                          step_size=step_size, norm=norm, generator=generator))
+        return AttackOutput(ascend(objective, x, epsilon=epsilon, steps=steps,
+                                   step_size=step_size, norm=norm, generator=generator))
 
     return Attack("adaptive", settings, True, run)
-
-
-def objective_pgd(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
-                  epsilon: float, steps: int, step_size: float, norm: str,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """PGD ascent on any scalar ``objective(x_adv)`` whose per-example parts are independent
-    (a batch mean of per-example terms: each example's step direction is its own)."""
-    x_adv = random_start_point(x, epsilon, norm, "uniform", generator)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(objective(x_adv), x_adv)
-        with torch.no_grad():
-            direction = grad.sign() if norm == "linf" else grad / grad.flatten(1).norm(
-                dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-            x_adv = project(x_adv + step_size * direction, x, epsilon, norm)
-    return x_adv.detach()
 
 
 # -- black-box -------------------------------------------------------------------------------

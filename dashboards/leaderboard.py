@@ -18,6 +18,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from dashboards.compare import McNemarResult, compare_reports
+from dashboards.tracking import EVAL_COMPLETE, search_all
 
 LEADERBOARD = "leaderboard"
 # leaderboard column → metric prefix written by attacks.rows
@@ -61,14 +62,8 @@ def load(tracking_uri: str, experiment: str = LEADERBOARD, *, dataset: str | Non
     """The ranked leaderboard, filtered (``threat_model`` as shown, e.g. ``"linf ε=0.1"``)."""
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
-    runs, token = [], None
-    while found is not None:
-        page = client.search_runs([found.experiment_id], "tags.evaluation_complete = 'true'",
-                                  max_results=1000, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            break
+    runs = [] if found is None else search_all(client, [found.experiment_id],
+                                               f"tags.{EVAL_COMPLETE} = 'true'")
     frame = pd.DataFrame([_row(run) for run in runs])
     if frame.empty:
         return pd.DataFrame(columns=SHOWN)

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
 from dashboards import plots
 from dashboards.compare import compare_reports
-from dashboards.leaderboard import LEADERBOARD, load, to_html, to_markdown
+from dashboards.leaderboard import LEADERBOARD, load, row_report, to_html, to_markdown
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table.leaderboard{border-collapse:collapse;font-size:13px}
@@ -32,15 +29,12 @@ figure{display:inline-block;margin:1em}figcaption{font-size:13px;color:#555}
 
 def row_reports(tracking_uri: str, frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """Each row's full evaluation report (per-example flags, curve, margins)."""
-    client = MlflowClient(tracking_uri)
     reports = {}
-    with tempfile.TemporaryDirectory() as folder:
-        for run_id in frame["run_id"]:
-            try:
-                path = client.download_artifacts(run_id, "evaluation/report.json", folder)
-                reports[run_id] = json.loads(Path(path).read_text())
-            except Exception:  # an older row without the artifact: it simply has no curves
-                continue
+    for run_id in frame["run_id"]:
+        try:
+            reports[run_id] = row_report(tracking_uri, run_id)
+        except Exception:  # a row without the artifact simply has no curves
+            continue
     return reports
 
 

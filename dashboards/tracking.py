@@ -231,7 +231,8 @@ def tag_filter(tags: dict[str, str]) -> str:
     return " and ".join(f"tags.`{k}` = '{v}'" for k, v in sorted(tags.items()))
 
 
-def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
+def search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> list[Run]:
+    """Every run matching ``filter_string``, all pages."""
     runs, token = [], None
     while experiment_ids:
         page = client.search_runs(experiment_ids, filter_string, max_results=1000,
@@ -292,7 +293,7 @@ def find_candidates(tracking_uri: str, *, experiments: list[str] | None = None,
     scope = {"sweep": sweep, "kind": "trial"} if sweep is not None else {}
     statuses = PUBLISHED if top_k is not None else (PENDING, CLAIMED)
     runs = sorted((run for status in statuses
-                   for run in _search(client, ids, tag_filter({**scope, STATUS_TAG: status}))),
+                   for run in search_all(client, ids, tag_filter({**scope, STATUS_TAG: status}))),
                   key=_rank)
     if top_k is not None:
         runs = runs[:top_k]
@@ -392,7 +393,7 @@ def completed_evaluation(tracking_uri: str, experiment: str,
     if found is None:
         return None
     query = tag_filter({**identity, "kind": "evaluation", EVAL_COMPLETE: "true"})
-    runs = sorted(_search(client, [found.experiment_id], query),
+    runs = sorted(search_all(client, [found.experiment_id], query),
                   key=lambda run: (run.info.start_time, run.info.run_id))
     return runs[0].info.run_id if runs else None
 

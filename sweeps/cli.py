@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from sweeps.runner import SAMPLERS, SweepSpec, failure_reason, run_sweep
+from sweeps.runner import SAMPLERS, SweepSpec, connect, failure_reason, run_sweep
 from trainables.config import apply_overrides, merge
 
 # Real MNIST, a small MLP, a few short trials on the CPU: the whole stack in minutes.
@@ -95,10 +94,7 @@ def main(spec: SweepSpec, description: str, argv: list[str] | None = None,
           f"{resolved.config.model}/{resolved.config.dataset}; results in "
           f"{resolved.storage_path}, tracking {resolved.tracking_uri}", file=sys.stderr)
     if args.address:
-        import ray
-
-        os.environ.setdefault("RAY_AUTH_MODE", "token")  # `ray start` clusters use tokens
-        ray.init(address=args.address)
+        connect(args.address)
     start = time.perf_counter()
     results = run_sweep(spec, resume=args.resume)
     print(json.dumps(summarize(results, time.perf_counter() - start)))

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -58,7 +57,7 @@ def run_sweeps(defenses, samples: int, epochs: int) -> list[dict]:
             cpus_per_trial=1.0, grace_period=1, reduction_factor=2)
         say(f"sweep {spec.name}: {samples} trials of {epochs} epochs (Optuna TPE + ASHA)")
         started = time.perf_counter()
-        summary = summarize(run_sweep(dataclasses.replace(spec)), time.perf_counter() - started)
+        summary = summarize(run_sweep(spec), time.perf_counter() - started)
         best = max((r["val_robust_accuracy"] or 0.0 for r in summary["results"]), default=0.0)
         say(f"sweep {spec.name}: {summary['trials']} trials, {summary['errors']} errors, best "
             f"val robust accuracy {best:.1%}, {summary['wall_seconds']:.0f} s")

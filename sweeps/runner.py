@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
@@ -45,6 +46,15 @@ def home() -> Path:
     path = Path(os.environ.get(HOME_ENV, Path.home() / "robust-sweeps")).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def connect(address: str | None, **init_kwargs) -> None:
+    """Join the Ray cluster at ``address`` (``None``: ``$RAY_ADDRESS``, a submitted job's
+    cluster or a new local one; ``"local"``: always a new one), unless already connected."""
+    if address and address != "local":
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # `ray start` clusters use tokens
+    if not ray.is_initialized():
+        ray.init(address=address, **init_kwargs)
 
 
 def code_version() -> str:
