@@ -1,14 +1,18 @@
 """Sweep efficiency: trial-epochs ASHA+TPE spends to match a full grid, over the grid's spend.
 
 Protocol. On real MNIST with a small MLP (the sweeps' smoke settings, with 5,000 training and
-1,000 validation images so that one point of accuracy is not below the validation noise; one
-thread per trial, CPU), EMR's two knobs ``temperature`` and
-``lambda_emr`` are searched two ways, every other knob fixed at its default:
+5,000 validation images, so that one point of accuracy is above the validation noise — its
+binomial standard error is 0.65 points at 70 % — and a cosine learning-rate schedule, so that
+a trial's last epoch is an annealed model rather than a snapshot of SGD noise at a constant
+rate; one thread per trial, CPU), EMR's two knobs
+``temperature`` and ``lambda_emr`` are searched two ways, every other knob fixed at its default:
 
 * a full 5 × 5 grid over log-spaced values spanning the search space (t ∈ [0.1, 100],
   λ_EMR ∈ [0.01, 10], as in the EMR paper's sensitivity study), every trial trained to the full
-  epoch budget (no early stopping); run once, it is deterministic given its training seed;
-* the sweep as ``sweeps.runner`` builds it (Optuna TPE proposing, ASHA stopping on
+  epoch budget (no early stopping); run once, it is deterministic given its training seed. Its
+  best is the best *trained* cell, i.e. the highest final-epoch validation robust accuracy, as
+  a grid search would read it (Tune's ``scope="last"``);
+* the sweep as ``sweeps.runner`` builds it (Optuna TPE from ``create_sampler``, ASHA stopping on
   ``val_robust_accuracy`` with grace 1 and reduction 2, at most 2 trials at once), with the
   space restricted to exactly those two knobs over the same ranges, repeated for 3 sampler seeds.
 
@@ -22,7 +26,7 @@ anything. The last line gives the median ratio over the seeds against the target
     .venv/bin/python benchmarks/sweep_efficiency.py --epochs 8 --samples 16 --seeds 0 1 2
 
 The runner's ``build_searcher`` always uses the defense's whole space (base, β, weight decay),
-so the restricted space is passed to ``OptunaSearch`` here the way the runner passes its own.
+so the restricted space is passed to ``OptunaSearch`` here with the runner's own sampler.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeps.cli import SMOKE_BASE
+from sweeps.runner import create_sampler
 from trainables.config import merge
 from trainables.trainable import OBJECTIVE, train_trial
 
@@ -61,13 +66,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--train-subset", type=int, default=5000)
-    parser.add_argument("--val-subset", type=int, default=1000)
+    parser.add_argument("--val-subset", type=int, default=5000)
+    parser.add_argument("--schedule", default="cosine", choices=("cosine", "constant"),
+                        help="learning-rate schedule of every trial (default: %(default)s)")
     return parser.parse_args()
 
 
 def base_config(args: argparse.Namespace) -> dict[str, Any]:
     """The smoke settings with EMR and the epoch budget; per-epoch validation as the runner."""
     return merge(SMOKE_BASE, {"defense": "emr", "epochs": args.epochs, "eval_every": 1,
+                              "schedule": args.schedule,
                               "margin_every": max(1, args.epochs // 10),
                               "train_subset": args.train_subset, "val_subset": args.val_subset})
 
@@ -111,8 +119,8 @@ def run_grid(args: argparse.Namespace, storage: str) -> pd.DataFrame:
 
 def run_asha_tpe(args: argparse.Namespace, seed: int, storage: str) -> pd.DataFrame:
     """The runner's TPE + ASHA sweep over the restricted space."""
-    searcher = OptunaSearch(space=restricted_space, metric=OBJECTIVE, mode="max",
-                            sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
+    sampler = create_sampler("tpe", seed=seed, num_samples=args.samples)
+    searcher = OptunaSearch(space=restricted_space, metric=OBJECTIVE, mode="max", sampler=sampler)
     scheduler = ASHAScheduler(metric=OBJECTIVE, mode="max", max_t=args.epochs,
                               grace_period=1, reduction_factor=2, time_attr="epoch")
     param_space = {"base": base_config(args), "sweep": {"name": f"asha-tpe-{seed}"}}
@@ -123,6 +131,12 @@ def run_asha_tpe(args: argparse.Namespace, seed: int, storage: str) -> pd.DataFr
             scheduler=scheduler, num_samples=args.samples, reuse_actors=True),
         run_config=run_config(f"asha-tpe-{seed}", storage))
     return epoch_rows(tuner.fit())
+
+
+def grid_best(rows: pd.DataFrame) -> float:
+    """The best trained cell: the highest final-epoch objective over the grid's trials."""
+    final = rows.sort_values("epoch", kind="stable").groupby("trial_id")[OBJECTIVE].last()
+    return float(final.max())
 
 
 def spend_to_reach(rows: pd.DataFrame, goal: float) -> int | None:
@@ -141,11 +155,12 @@ def main() -> None:
     grid_spend = len(TEMPERATURES) * len(LAMBDAS) * args.epochs
     if len(grid) != grid_spend:
         raise RuntimeError(f"grid reported {len(grid)} trial-epochs, expected {grid_spend}")
-    best = float(grid[OBJECTIVE].max())
+    best = grid_best(grid)
     goal = best - args.tolerance - 1e-9
     print(f"grid: {len(TEMPERATURES)} x {len(LAMBDAS)} (temperature x lambda_emr), "
-          f"{args.epochs} epochs, {grid_spend} trial-epochs, best val robust accuracy "
-          f"{best:.3f}; goal >= {best - args.tolerance:.3f}")
+          f"{args.epochs} epochs, {grid_spend} trial-epochs, best trained cell's val robust "
+          f"accuracy {best:.3f} (best single epoch {grid[OBJECTIVE].max():.3f}); "
+          f"goal >= {best - args.tolerance:.3f}")
     ratios = []
     for seed in args.seeds:
         rows = run_asha_tpe(args, seed, storage)
