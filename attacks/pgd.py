@@ -119,18 +119,19 @@ def _single_run(model, x, y, loss_fn, epsilon, steps, step_size, norm, start, ge
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float, steps: int,
         step_size: float, norm: str = "linf", loss: str | LossFn = "ce",
-        random_start: str | bool = "uniform", restarts: int = 1, mode: str = "eval",
+        random_start: str | bool | None = "uniform", restarts: int = 1, mode: str = "eval",
         generator: torch.Generator | None = None, gaussian_std: float = 0.001) -> torch.Tensor:
     """Projected gradient ascent on ``loss`` inside the ``norm`` ball of radius ``epsilon``.
 
     ``random_start``: "uniform" (in the ball), "gaussian" (``gaussian_std``·N(0, 1), as TRADES
-    and LMA-AT), or "none"; ``True``/``False`` mean "uniform"/"none". With ``restarts`` > 1 each
+    and LMA-AT), or "none"; ``True``/``False`` mean "uniform"/"none", and ``None`` (what the
+    attack spec ``random_start=none`` parses to) means "none". With ``restarts`` > 1 each
     example keeps its strongest run: a misclassified point beats a correctly classified one, and
     a higher final loss breaks ties. Returns a detached tensor shaped like ``x``.
     """
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
-    if isinstance(random_start, bool):
+    if random_start is None or isinstance(random_start, bool):
         random_start = "uniform" if random_start else "none"
     if random_start not in RANDOM_STARTS:
         raise ValueError(f"unknown random start {random_start!r}; known: {RANDOM_STARTS}")

@@ -7,6 +7,7 @@ import torch
 from pyautoattack import AutoAttack
 
 from attacks.evaluate import build_attack, evaluate_model, wilson_interval
+from attacks.pgd import pgd
 from attacks.suite import create_attack, list_attacks, parse_spec
 from trainables.registry import UnknownNameError
 
@@ -153,3 +154,14 @@ def test_adaptive_attack_uses_the_defense_objective(trained_mlp, points):
         assert (trained_mlp(x_adv).argmax(1) == y).float().mean() < 0.9
     he = create_attack("adaptive", epsilon=0.05, defense="he", steps=2)
     assert he.settings["objective"] == "adaptive_attack_loss"
+
+
+def test_spec_without_random_start_is_the_deterministic_pgd():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = torch.rand(5, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1])
+    name, params = parse_spec("pgd:steps=5,step_size=0.02,random_start=none")
+    attack = create_attack(name, epsilon=0.1, **params)
+    expected = pgd(model, x, y, epsilon=0.1, steps=5, step_size=0.02, random_start="none")
+    assert torch.equal(attack.run(model, x, y).x_adv, expected)
+    assert torch.equal(attack.run(model, x, y).x_adv, expected)  # no randomness drawn

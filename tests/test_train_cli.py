@@ -47,11 +47,16 @@ def test_resume_continues_a_saved_run(tmp_path):
                     "--set", f"output_dir={tmp_path}", "--run-name", "r", *QUICK, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     checkpoint = tmp_path / "r" / "checkpoint"
+    first_epoch = json.loads(first.stdout.strip().splitlines()[-1])["history"][0]
     resumed = run_cli("--resume", str(checkpoint), "--set", "epochs=2", "--quiet", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     final = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert final["epochs"] == 2 and "epoch 2/2" in resumed.stderr
     assert "epoch 1/2" not in resumed.stderr
+    # the resumed run still reports the epoch trained before the restart
+    assert [m["epoch"] for m in final["history"]] == [1, 2]
+    assert final["history"][0] == first_epoch
+    assert len(final["seconds_per_epoch"]) == 2
     assert torch.load(checkpoint / "training_state.pt", weights_only=True)["epoch"] == 2
 
 

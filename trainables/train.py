@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from trainables.checkpoints import CheckpointError, resume, save_checkpoint
+from trainables.checkpoints import METRICS, CheckpointError, resume, save_checkpoint
 from trainables.config import ConfigError, TrialConfig, apply_overrides
 from trainables.engine import TrainingRun
 
@@ -54,12 +54,20 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _saved_history(checkpoint: Path) -> list[dict]:
+    """Per-epoch metrics kept in the checkpoint (so a resumed run reports every epoch)."""
+    try:
+        return list(json.loads((checkpoint / METRICS).read_text()).get("history", []))
+    except (OSError, ValueError):
+        return []
+
+
 def train(run: TrainingRun, checkpoint: Path, *, quiet: bool = False) -> dict:
     cfg = run.config
     log(f"training {cfg.model} with {cfg.defense} on {cfg.dataset}: {len(run.train_set)} train "
         f"/ {len(run.val_set)} val images, {cfg.epochs} epochs, ε={cfg.epsilon:g}, "
         f"device {run.device}")
-    history = []
+    history = _saved_history(checkpoint)[:run.epoch] if run.epoch else []
     while not run.finished:
         bar = tqdm(total=len(run.train_set), unit="img", desc=f"epoch {run.epoch + 1}",
                    disable=True if quiet else None, file=sys.stderr, leave=False)
@@ -71,7 +79,8 @@ def train(run: TrainingRun, checkpoint: Path, *, quiet: bool = False) -> dict:
         metrics = run.run_epoch(advance)
         bar.close()
         history.append(metrics)
-        save_checkpoint(checkpoint, model=run.model, config=cfg, metrics=metrics,
+        save_checkpoint(checkpoint, model=run.model, config=cfg,
+                        metrics={**metrics, "history": history},
                         training_state=run.state_dict())
         val = (f" val clean {metrics['val_clean_accuracy']:.4f} "
                f"PGD-{cfg.eval_steps} {metrics['val_robust_accuracy']:.4f}"
