@@ -3,7 +3,7 @@ import torch
 
 from trainables.models import Classifier, create_model, list_models
 
-SHAPES = {"mlp": (1, 28), "cnn4": (3, 32), "small_cnn": (1, 28)}
+SHAPES = {"mlp": (1, 28), "cnn4": (3, 32), "small_cnn": (1, 28), "smd_fashion_cnn": (1, 28)}
 
 
 @pytest.mark.parametrize("name", list_models() + ["wrn-16-2"])
@@ -27,7 +27,23 @@ def test_forward_shape_features_head_and_gradients(name):
 def test_registry_names_the_paper_models():
     names = set(list_models())
     assert {"mlp", "cnn4", "small_cnn", "resnet18", "preact_resnet18", "wrn", "wrn-28-4",
-            "wrn-34-10", "wrn-34-20"} <= names
+            "wrn-34-10", "wrn-34-20", "smd_fashion_cnn", "smd_svhn_cnn"} <= names
+
+
+def test_smd_networks_have_the_papers_layers():
+    fashion = create_model("smd_fashion_cnn", in_channels=1, image_size=28)
+    convs = [m for m in fashion.body.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0], c.padding[0])
+            for c in convs] == [(1, 64, 5, 2, 2), (64, 128, 5, 2, 2), (128, 256, 5, 2, 2),
+                                (256, 512, 4, 1, 0)]
+    assert (fashion.head.in_features, fashion.head.out_features) == (512, 10)
+    svhn = create_model("smd_svhn_cnn", in_channels=3, image_size=32)
+    convs = [m for m in svhn.body.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 32, 64, 64, 128, 128, 256]
+    assert [c.stride[0] for c in convs] == [1, 2, 1, 2, 1, 2, 1]
+    assert sum(isinstance(m, torch.nn.InstanceNorm2d) for m in svhn.body.modules()) == 5
+    with pytest.raises(ValueError, match="28×28"):
+        create_model("smd_fashion_cnn", in_channels=1, image_size=32)
 
 
 def test_unknown_model_lists_the_known_ones():

@@ -36,9 +36,9 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-def smd(norm="linf"):
+def smd(norm="linf", **knobs):
     return create_defense("smd", attack=AttackSettings(epsilon=0.1, steps=10, step_size=0.01,
-                                                       norm=norm))
+                                                       norm=norm), **knobs)
 
 
 def correct_problem(seed, n, d, k):
@@ -83,6 +83,17 @@ def test_initial_margin_is_eq12(epochs):
                           rtol=1e-12, atol=0)
     if epochs == 150:  # the paper's worked example
         assert abs(margins[0].item() - 2 / 255) < 1e-15
+
+
+def test_plan_epochs_sets_eq12s_n_independently_of_the_run_length():
+    planned = smd(plan_epochs=150).init_state(num_examples=3, batch_size=2, num_classes=10,
+                                              epochs=10)
+    assert torch.allclose(planned.margins(), torch.full((3,), 2 / 255, dtype=torch.float64))
+    assert planned.expansion == 2
+    own = smd().init_state(num_examples=3, batch_size=2, num_classes=10, epochs=10)
+    assert own.expansion == 26  # ceil(255 / 10)
+    with pytest.raises(ValueError, match="plan_epochs"):
+        smd(plan_epochs=0)
 
 
 # --------------------------------------------------------------------------- Algorithm 2

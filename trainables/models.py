@@ -120,6 +120,55 @@ def small_cnn(*, in_channels: int, image_size: int, dropout: float = 0.5):
     return body, 200
 
 
+def _conv_in_lrelu(c_in: int, c_out: int, kernel: int, stride: int,
+                   padding: int) -> list[nn.Module]:
+    # No conv bias: the instance norm right after it would subtract it again.
+    return [nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False), nn.InstanceNorm2d(c_out),
+            nn.LeakyReLU()]
+
+
+@register_model("smd_fashion_cnn")
+def smd_fashion_cnn(*, in_channels: int, image_size: int, width: int = 64):
+    """SMD's Fashion-MNIST network (App. B.4).
+
+    COV(1,64,5,2,2)-LR-COV(64,128,5,2,2)-IN-LR-COV(128,256,5,2,2)-IN-LR-COV(256,512,4,1,0)-
+    Flatten-LN-LR-Linear(512,10); ``width`` is the first layer's channels (64 in the paper),
+    the others keep their ratios. LR is leaky ReLU (the paper gives no slope: PyTorch's 0.01).
+    """
+    if image_size != 28:
+        raise ValueError(f"smd_fashion_cnn takes 28×28 inputs, got {image_size}")
+    body = nn.Sequential(
+        nn.Conv2d(in_channels, width, 5, 2, 2), nn.LeakyReLU(),
+        *_conv_in_lrelu(width, 2 * width, 5, 2, 2),
+        *_conv_in_lrelu(2 * width, 4 * width, 5, 2, 2),
+        nn.Conv2d(4 * width, 8 * width, 4, 1, 0), nn.Flatten(),
+        nn.LayerNorm(8 * width), nn.LeakyReLU(),
+    )
+    return body, 8 * width
+
+
+@register_model("smd_svhn_cnn")
+def smd_svhn_cnn(*, in_channels: int, image_size: int, width: int = 32):
+    """SMD's SVHN network (App. B.3).
+
+    COV(3,32,3,1,1)-LR-COV(32,32,3,2,1)-IN-LR-COV(32,64,3,1,1)-IN-LR-COV(64,64,3,2,1)-IN-LR-
+    COV(64,128,3,1,1)-IN-LR-COV(128,128,3,2,1)-IN-LR-COV(128,256,4,1,0)-Flatten-LN-LR-
+    Linear(256,10); ``width`` is the first layer's channels (32 in the paper).
+    """
+    if image_size != 32:
+        raise ValueError(f"smd_svhn_cnn takes 32×32 inputs, got {image_size}")
+    w = width
+    body = nn.Sequential(
+        nn.Conv2d(in_channels, w, 3, 1, 1), nn.LeakyReLU(),
+        *_conv_in_lrelu(w, w, 3, 2, 1), *_conv_in_lrelu(w, 2 * w, 3, 1, 1),
+        *_conv_in_lrelu(2 * w, 2 * w, 3, 2, 1), *_conv_in_lrelu(2 * w, 4 * w, 3, 1, 1),
+        *_conv_in_lrelu(4 * w, 4 * w, 3, 2, 1),
+        nn.Conv2d(4 * w, 8 * w, 4, 1, 0), nn.Flatten(),
+        nn.LayerNorm(8 * w), nn.LeakyReLU(),
+    )
+    return body, 8 * w
+
+
 # --------------------------------------------------------------------------- residual networks
 class BasicBlock(nn.Module):
     """Post-activation residual block (ResNet-18)."""
