@@ -27,7 +27,13 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from dashboards.tracking import Tracking, default_artifact_location, default_tracking_uri, flatten
+from dashboards.tracking import (
+    Tracking,
+    default_artifact_location,
+    default_tracking_uri,
+    flatten,
+    search_all,
+)
 from trainables.config import TrialConfig, merge
 from trainables.defenses import defense_class
 from trainables.trainable import OBJECTIVE, read_record, train_trial, trial_tracker
@@ -230,10 +236,13 @@ def close_runs(spec: SweepSpec, results: tune.ResultGrid) -> None:
     outage kept from MLflow — even the whole run of a trial stopped early meanwhile — arrives
     now. Completed trials closed their own runs when they published; what is left are trials the
     scheduler stopped early (KILLED, tagged ``stopped_early``) and failed ones (FAILED, with
-    the reason).
+    the reason). Trials a killed driver had started but Ray Tune had not yet saved are gone from
+    the resumed sweep: their runs are closed KILLED and tagged ``orphaned``, and their Optuna
+    trials marked FAIL, so that neither store counts them as live.
     """
     spec = spec.resolved()
     tracking = Tracking(spec.tracking_uri, spec.experiment, spec.artifact_location)
+    known = {(result.metrics or {}).get("trial_id") for result in results}
     for result in results:
         trial_id = (result.metrics or {}).get("trial_id")
         if trial_id and result.checkpoint is not None:
@@ -250,9 +259,30 @@ def close_runs(spec: SweepSpec, results: tune.ResultGrid) -> None:
         else:
             tracking.log(run_id, tags={"stopped_early": "true"})
             tracking.set_terminated(run_id, "KILLED")
+    close_orphans(spec, tracking, known)
     parent = tracking.find_run({"sweep": spec.name, "kind": "sweep"})
     if parent:
         tracking.set_terminated(parent, "FINISHED")
+
+
+ORPHANED = "started before the driver stopped, not in Ray Tune's saved state; replaced on resume"
+
+
+def close_orphans(spec: SweepSpec, tracking: Tracking, known: set[str | None]) -> None:
+    """After a sweep ends: unfinished trial runs Tune no longer knows, and Optuna trials still
+    RUNNING (none can be, once the Tuner has returned), are closed as lost."""
+    runs = search_all(tracking.client, [tracking.experiment_id],
+                      f"tags.sweep = '{spec.name}' and tags.kind = 'trial'")
+    for run in runs:
+        if run.data.tags.get("trial_id") not in known and run.info.status == "RUNNING":
+            tracking.log(run.info.run_id, tags={"orphaned": ORPHANED})
+            tracking.set_terminated(run.info.run_id, "KILLED")
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
+    except KeyError:  # no study (a seeds-only or grid sweep never made one)
+        return
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def run_sweep(spec: SweepSpec, *, resume: bool = False,
