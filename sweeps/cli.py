@@ -33,6 +33,8 @@ def parse_args(description: str, argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU")
     parser.add_argument("--epochs", type=int, help="epochs per trial (ASHA's max_t)")
     parser.add_argument("--sampler", choices=SAMPLERS)
+    parser.add_argument("--no-early-stopping", dest="early_stopping", action="store_false",
+                        default=None, help="train every trial to the full epoch budget (no ASHA)")
     parser.add_argument("--name", help="sweep name (Tune experiment, Optuna study, MLflow tag)")
     parser.add_argument("--storage", help="Ray Tune storage path (shared storage on a cluster)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under "
@@ -61,7 +63,7 @@ def spec_from_args(spec: SweepSpec, args: argparse.Namespace) -> SweepSpec:
              "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
              "sampler": args.sampler, "name": args.name, "storage_path": args.storage,
              "tracking_uri": args.tracking_uri, "experiment": args.experiment,
-             "optuna_storage": args.optuna_storage}
+             "optuna_storage": args.optuna_storage, "early_stopping": args.early_stopping}
     changes.update({k: v for k, v in flags.items() if v is not None})
     return dataclasses.replace(spec, base=base, **changes)
 

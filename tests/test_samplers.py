@@ -1,4 +1,4 @@
-"""The sweep's sampler registry (no Ray): names, seeding, TPE's start-up budget."""
+"""The sweep's sampler registry and command-line switches (no Ray)."""
 
 import optuna
 import pytest
@@ -20,3 +20,12 @@ def test_every_registered_sampler_builds_and_unknown_names_fail_listing_them():
     with pytest.raises(ValueError, match="tpe.*random"):
         create_sampler("grid", seed=0, num_samples=8)
 
+
+
+def test_sweep_cli_switches_early_stopping_off():
+    from sweeps import emr_wrn
+    from sweeps.cli import parse_args, spec_from_args
+
+    assert spec_from_args(emr_wrn.SPEC, parse_args("", ["--smoke"])).early_stopping
+    off = spec_from_args(emr_wrn.SPEC, parse_args("", ["--smoke", "--no-early-stopping"]))
+    assert off.early_stopping is False

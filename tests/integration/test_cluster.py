@@ -118,8 +118,10 @@ def test_a_lost_worker_node_does_not_lose_trials(tmp_path):
         head.wait_until_up(nodes=2)
         env = {"ROBUST_SWEEPS_HOME": str(tmp_path)}
         tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        # no ASHA: a trial stopped early on the lost node would leave nothing to resume
         driver = spawn([str(BIN / "python"), *SMOKE, "--samples", "2", "--address",
-                        head.address, "--set", "train_subset=30000", "--epochs", "6"],
+                        head.address, "--set", "train_subset=30000", "--epochs", "6",
+                        "--no-early-stopping"],
                        tmp_path / "driver.log", env)
         # both trials running (one per node, ~10 s an epoch) and past their first checkpoint
         wait_for(lambda: sum(len(client.get_metric_history(r.info.run_id, "val_robust_accuracy"))
