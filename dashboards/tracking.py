@@ -2,10 +2,12 @@
 
 Everything the service writes to MLflow goes through here, with three guarantees:
 
-* **Idempotent runs.** A run is found by its identity tags (sweep + trial id, or sweep alone
-  for the parent) before one is created, so a resumed or retried trial continues its own run.
+* **Idempotent runs.** A run is found by its identity tags (sweep + Optuna trial number, or
+  sweep alone for the parent) before one is created, so a resumed, retried or adopted trial
+  continues its own run.
 * **Idempotent metrics.** Every metric carries the timestamp it was first recorded with; MLflow
-  stores an identical (key, step, timestamp, value) once, so re-sending history is harmless.
+  stores an identical (key, step, timestamp, value) once, so re-sending history is harmless, and
+  a trial tracker never sends an epoch its run already holds (a replayed epoch is not doubled).
 * **Outages are survivable.** Nothing raises into training when the tracking server is down:
   :class:`TrialTracker` keeps what it could not send and sends it on the next ``sync``; the
   history itself lives in the trial's checkpoint, so even a lost node loses nothing.
@@ -149,6 +151,10 @@ class TrialTracker:
 
     ``history`` entries are per-epoch metric dicts with ``epoch`` and ``timestamp`` (ms) keys;
     ``sync`` sends whatever has not been confirmed yet and returns whether all of it went.
+    The run is the sweep's trial ``trial_number`` (Optuna's number) where there is one, else
+    Tune's ``trial_id``. An epoch the run already holds is never sent again: a trial replayed
+    from an older checkpoint, or a lost trial taken over by a new one, keeps the values first
+    recorded, one per step.
     """
 
     tracking_uri: str
@@ -159,28 +165,47 @@ class TrialTracker:
     params: dict[str, Any]
     tags: dict[str, str] = field(default_factory=dict)
     artifact_location: str | None = None
+    trial_number: int | None = None
     run_id: str | None = None
     _sent: int = 0
+    _logged_epochs: set[int] | None = None
     _tracking: Tracking | None = None
+
+    @property
+    def identity(self) -> dict[str, str]:
+        if self.trial_number is None:
+            return {"sweep": self.sweep, "trial_id": self.trial_id}
+        return {"sweep": self.sweep, "trial_number": str(self.trial_number)}
 
     def _connect(self) -> Tracking:
         if self._tracking is None:
             self._tracking = Tracking(self.tracking_uri, self.experiment, self.artifact_location)
         if self.run_id is None:
-            identity = {"sweep": self.sweep, "trial_id": self.trial_id}
+            name = self.trial_id if self.trial_number is None else f"trial-{self.trial_number}"
             self.run_id = self._tracking.get_or_create_run(
-                identity, run_name=self.trial_id, parent_run_id=self.parent_run_id,
+                self.identity, run_name=name, parent_run_id=self.parent_run_id,
                 tags={**self.tags, "kind": "trial"})
-            self._tracking.log(self.run_id, params=flatten(self.params))
+            self._tracking.log(self.run_id, params=flatten(self.params),
+                               tags={"trial_id": self.trial_id})
         return self._tracking
+
+    def _epochs_in_run(self, tracking: Tracking, record: dict[str, Any]) -> set[int]:
+        if self._logged_epochs is None:
+            keys = [m.key for m in metrics_of(record, 0, 0)]
+            self._logged_epochs = {m.step for m in tracking.client.get_metric_history(
+                self.run_id, keys[0])} if keys else set()
+        return self._logged_epochs
 
     def sync(self, history: list[dict[str, Any]], *, tags: dict[str, str] | None = None) -> bool:
         try:
             tracking = self._connect()
             pending = history[self._sent:]
-            metrics = [m for record in pending
+            logged = self._epochs_in_run(tracking, pending[0]) if pending else set()
+            new = [record for record in pending if int(record["epoch"]) not in logged]
+            metrics = [m for record in new
                        for m in metrics_of(record, int(record["epoch"]), int(record["timestamp"]))]
             tracking.log(self.run_id, metrics=metrics, tags=tags)
+            logged.update(int(record["epoch"]) for record in new)
             self._sent = len(history)
             return True
         except Exception as error:  # the server may be down: keep training, retry next time
@@ -190,13 +215,19 @@ class TrialTracker:
 
     def publish(self, history: list[dict[str, Any]], checkpoint_dir: str | os.PathLike, *,
                 tags: dict[str, str], timeout_s: float = 600.0, poll_s: float = 5.0) -> None:
-        """Send all history, the best checkpoint and ``tags``, retrying up to ``timeout_s``."""
+        """Send all history, the best checkpoint and ``tags``, retrying up to ``timeout_s``.
+
+        A run published before (a finished trial replayed after a resume) is left as it is: its
+        checkpoint may already be under evaluation."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 if not self.sync(history):
                     raise ConnectionError("tracking server unavailable")
                 tracking = self._connect()
+                run = tracking.client.get_run(self.run_id)
+                if run.info.status == "FINISHED" and STATUS_TAG in run.data.tags:
+                    return
                 tracking.log_artifacts(self.run_id, checkpoint_dir, "best_checkpoint")
                 tracking.log(self.run_id, tags=tags)
                 tracking.set_terminated(self.run_id)

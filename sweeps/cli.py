@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -73,7 +74,9 @@ def summarize(results, wall_seconds: float | None = None) -> dict[str, Any]:
     rows = []
     for result in results:
         metrics = result.metrics or {}
-        rows.append({"trial_id": metrics.get("trial_id"), "epochs": metrics.get("epoch"),
+        rows.append({"trial_id": metrics.get("trial_id"),
+                     "trial_number": (result.config or {}).get("trial_number"),
+                     "epochs": metrics.get("epoch"),
                      "val_clean_accuracy": metrics.get("val_clean_accuracy"),
                      "val_robust_accuracy": metrics.get("val_robust_accuracy"),
                      "seconds": metrics.get("time_total_s"),
@@ -88,6 +91,10 @@ def summarize(results, wall_seconds: float | None = None) -> dict[str, Any]:
 def main(spec: SweepSpec, description: str, argv: list[str] | None = None,
          adjust: Callable[[SweepSpec, argparse.Namespace], SweepSpec] | None = None) -> int:
     args = parse_args(description, argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    logging.getLogger("sweeps").addHandler(handler)
+    logging.getLogger("sweeps").setLevel(logging.INFO)
     spec = spec_from_args(spec, args)
     if adjust is not None:
         spec = adjust(spec, args)

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,9 +24,7 @@ from typing import Any
 import optuna
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
 
 from dashboards.tracking import (
     Tracking,
@@ -34,9 +33,16 @@ from dashboards.tracking import (
     flatten,
     search_all,
 )
+from sweeps.resume import ResumableASHA, ResumableFIFO, ResumableOptunaSearch, has_snapshot
 from trainables.config import TrialConfig, merge
 from trainables.defenses import defense_class
-from trainables.trainable import OBJECTIVE, read_record, train_trial, trial_tracker
+from trainables.trainable import (
+    OBJECTIVE,
+    TRIAL_NUMBER,
+    read_record,
+    train_trial,
+    trial_tracker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +168,11 @@ def create_sampler(name: str, *, seed: int, num_samples: int) -> optuna.samplers
     return SAMPLER_FACTORIES[name](seed, num_samples)
 
 
-def build_searcher(spec: SweepSpec):
+def build_searcher(spec: SweepSpec, *, adopt_running: bool = False):
     space = (seeds_only_space if spec.seeds_only
              else functools.partial(defense_space, spec.config.defense))
     pareto = spec.sampler == "nsga2"
-    searcher = OptunaSearch(
+    searcher = ResumableOptunaSearch(
         space=space,
         metric=list(PARETO) if pareto else OBJECTIVE,
         mode=["max", "max"] if pareto else "max",
@@ -174,8 +180,17 @@ def build_searcher(spec: SweepSpec):
                                num_samples=spec.num_samples),
         study_name=spec.name,
         storage=optuna.storages.RDBStorage(spec.optuna_storage),
+        adopt_running=adopt_running,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
+
+
+def study_exists(spec: SweepSpec) -> bool:
+    try:
+        optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
+        return True
+    except KeyError:
+        return False
 
 
 def parent_run(spec: SweepSpec) -> str:
@@ -191,7 +206,7 @@ def build_tuner(spec: SweepSpec, *, resume: bool = False) -> tune.Tuner:
     spec = spec.resolved()
     trainable = tune.with_resources(train_trial, {"cpu": spec.cpus_per_trial,
                                                   "gpu": spec.gpus_per_trial})
-    experiment_dir = Path(spec.storage_path) / spec.name
+    experiment_dir = f"{spec.storage_path.rstrip('/')}/{spec.name}"  # a path or a URI
     param_space = {
         "base": merge({"margin_every": max(1, spec.config.epochs // 10)},
                       merge(spec.base, {"eval_every": 1})),
@@ -199,20 +214,24 @@ def build_tuner(spec: SweepSpec, *, resume: bool = False) -> tune.Tuner:
                   "experiment": spec.experiment, "artifact_location": spec.artifact_location,
                   "parent_run_id": parent_run(spec), "code_version": code_version()},
     }
-    if resume:
-        if not tune.Tuner.can_restore(str(experiment_dir)):
-            raise FileNotFoundError(f"nothing to resume at {experiment_dir}")
-        return tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True,
+    if resume and has_snapshot(experiment_dir):
+        return tune.Tuner.restore(experiment_dir, trainable, resume_unfinished=True,
                                   resume_errored=True, param_space=param_space)
-    scheduler = None
+    if resume:  # the driver died before Tune's first snapshot: start again, adopting its trials
+        if not study_exists(spec):
+            raise FileNotFoundError(f"nothing to resume at {experiment_dir}")
+        print(f"sweep {spec.name}: no snapshot in {experiment_dir} yet; starting it again",
+              file=sys.stderr)
+    scheduler = ResumableFIFO()
     if spec.early_stopping:
-        scheduler = ASHAScheduler(metric=OBJECTIVE, mode="max", max_t=spec.config.epochs,
+        scheduler = ResumableASHA(metric=OBJECTIVE, mode="max", max_t=spec.config.epochs,
                                   grace_period=min(spec.grace_period, spec.config.epochs),
                                   reduction_factor=spec.reduction_factor, time_attr="epoch")
     return tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune.TuneConfig(search_alg=build_searcher(spec), scheduler=scheduler,
+        tune_config=tune.TuneConfig(search_alg=build_searcher(spec, adopt_running=resume),
+                                    scheduler=scheduler,
                                     num_samples=spec.num_samples, reuse_actors=True),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=spec.storage_path,
@@ -229,6 +248,15 @@ def failure_reason(error: BaseException) -> str:
     return lines[-1][:5000] if lines else repr(error)
 
 
+def trial_identity(result: tune.Result) -> dict[str, str] | None:
+    """The MLflow identity of a result's trial run (see ``TrialTracker.identity``)."""
+    trial_id = (result.metrics or {}).get("trial_id")
+    number = (result.config or {}).get(TRIAL_NUMBER)
+    if number is not None:
+        return {"trial_number": str(number)}
+    return {"trial_id": trial_id} if trial_id else None
+
+
 def close_runs(spec: SweepSpec, results: tune.ResultGrid) -> None:
     """Reconcile MLflow with Ray's durable results, then give every run its final status.
 
@@ -236,21 +264,26 @@ def close_runs(spec: SweepSpec, results: tune.ResultGrid) -> None:
     outage kept from MLflow — even the whole run of a trial stopped early meanwhile — arrives
     now. Completed trials closed their own runs when they published; what is left are trials the
     scheduler stopped early (KILLED, tagged ``stopped_early``) and failed ones (FAILED, with
-    the reason). Trials a killed driver had started but Ray Tune had not yet saved are gone from
-    the resumed sweep: their runs are closed KILLED and tagged ``orphaned``, and their Optuna
-    trials marked FAIL, so that neither store counts them as live.
+    the reason). Runs of trials no longer in the sweep, and Optuna trials still RUNNING, are
+    closed as lost (:func:`close_orphans`); after a resume there are none, since new trials take
+    over what the killed driver had started (``sweeps.resume``).
     """
     spec = spec.resolved()
     tracking = Tracking(spec.tracking_uri, spec.experiment, spec.artifact_location)
-    known = {(result.metrics or {}).get("trial_id") for result in results}
+    known = []
     for result in results:
-        trial_id = (result.metrics or {}).get("trial_id")
-        if trial_id and result.checkpoint is not None:
+        identity = trial_identity(result)
+        if identity is None:
+            continue
+        known.append(identity)
+        trial_id = result.metrics["trial_id"]
+        if result.checkpoint is not None:
             record = read_record(result.checkpoint)
-            tracker = trial_tracker(result.config["sweep"], trial_id, record)
+            tracker = trial_tracker(result.config["sweep"], trial_id, record,
+                                    result.config.get(TRIAL_NUMBER))
             if tracker is not None and not tracker.sync(record["history"]):
                 raise ConnectionError(f"tracking server {spec.tracking_uri} unavailable")
-        run_id = trial_id and tracking.find_run({"sweep": spec.name, "trial_id": trial_id})
+        run_id = tracking.find_run({"sweep": spec.name, **identity})
         if not run_id or tracking.client.get_run(run_id).info.status == "FINISHED":
             continue
         if result.error:
@@ -268,13 +301,16 @@ def close_runs(spec: SweepSpec, results: tune.ResultGrid) -> None:
 ORPHANED = "started before the driver stopped, not in Ray Tune's saved state; replaced on resume"
 
 
-def close_orphans(spec: SweepSpec, tracking: Tracking, known: set[str | None]) -> None:
-    """After a sweep ends: unfinished trial runs Tune no longer knows, and Optuna trials still
-    RUNNING (none can be, once the Tuner has returned), are closed as lost."""
+def close_orphans(spec: SweepSpec, tracking: Tracking, known: list[dict[str, str]]) -> None:
+    """After a sweep ends: unfinished trial runs that are none of the sweep's trials (``known``
+    identities), and Optuna trials still RUNNING (none can be, once the Tuner has returned),
+    are closed as lost."""
     runs = search_all(tracking.client, [tracking.experiment_id],
                       f"tags.sweep = '{spec.name}' and tags.kind = 'trial'")
     for run in runs:
-        if run.data.tags.get("trial_id") not in known and run.info.status == "RUNNING":
+        tags = run.data.tags
+        ours = any(all(tags.get(k) == v for k, v in identity.items()) for identity in known)
+        if not ours and run.info.status == "RUNNING":
             tracking.log(run.info.run_id, tags={"orphaned": ORPHANED})
             tracking.set_terminated(run.info.run_id, "KILLED")
     try:
@@ -290,6 +326,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False,
     """Run (or resume) the sweep, then reconcile MLflow with the results, waiting up to
     ``tracking_patience_s`` for a tracking server that is down."""
     results = build_tuner(spec, resume=resume).fit()
+    print(f"sweep {spec.name}: {len(results)} trials ended; reconciling MLflow", file=sys.stderr)
     deadline = time.monotonic() + tracking_patience_s
     while True:
         try:

@@ -25,7 +25,7 @@ def test_runs_and_optuna_trials_tune_no_longer_knows_are_closed(tmp_path):
     study.tell(finished, 0.5)
     study.ask()  # suggested to a trial that died with the driver
 
-    close_orphans(spec, tracking, known={"kept", "done"})
+    close_orphans(spec, tracking, known=[{"trial_id": "kept"}, {"trial_id": "done"}])
 
     status = {k: tracking.client.get_run(v).info for k, v in ids.items()}
     assert status["lost"].status == "KILLED"

@@ -26,6 +26,7 @@ from trainables.config import TrialConfig, merge
 from trainables.engine import TrainingRun
 
 OBJECTIVE = "val_robust_accuracy"
+TRIAL_NUMBER = "trial_number"  # set by the searcher: the trial's number in the Optuna study
 LATEST, BEST, RECORD = "latest", "best", "trial.json"
 
 
@@ -45,16 +46,32 @@ def _restore(run: TrainingRun, workdir: Path) -> dict[str, Any]:
     return record
 
 
-def trial_tracker(sweep: dict[str, Any], trial_id: str,
-                  record: dict[str, Any]) -> TrialTracker | None:
-    """The MLflow face of a trial, rebuilt alike in the trial and, afterwards, in the driver."""
+def trial_tracker(sweep: dict[str, Any], trial_id: str, record: dict[str, Any],
+                  trial_number: int | None = None) -> TrialTracker | None:
+    """The MLflow face of a trial, rebuilt alike in the trial and, afterwards, in the driver;
+    ``trial_number`` (the search's own number for the trial) is its identity when given."""
     if not sweep.get("tracking_uri"):
         return None
     return TrialTracker(
         tracking_uri=sweep["tracking_uri"], experiment=sweep["experiment"], sweep=sweep["name"],
         trial_id=trial_id, parent_run_id=sweep.get("parent_run_id"),
         artifact_location=sweep.get("artifact_location"), params=record["params"],
-        tags=record["tags"])
+        tags=record["tags"], trial_number=trial_number)
+
+
+def report_of(record: dict[str, Any]) -> dict[str, Any]:
+    """What the trial reports to Tune for the last epoch of its record."""
+    return {**record["history"][-1], f"best_{OBJECTIVE}": record["best"][OBJECTIVE],
+            "restarts": record["restarts"]}
+
+
+def write_record(workdir: Path, record: dict[str, Any]) -> None:
+    """The record goes last and lists every other file with its size, so that a copy of the
+    folder can be checked for completeness (a checkpoint cut short by a crash is not)."""
+    record["files"] = {str(path.relative_to(workdir)): path.stat().st_size
+                       for path in sorted(workdir.rglob("*"))
+                       if path.is_file() and path.name != RECORD}
+    (workdir / RECORD).write_text(json.dumps(record))
 
 
 def read_record(checkpoint: tune.Checkpoint) -> dict[str, Any]:
@@ -82,7 +99,7 @@ def train_trial(config: dict[str, Any]) -> None:
                                "dataset": cfg.dataset, "model": cfg.model,
                                "code_version": sweep.get("code_version", "unknown"),
                                "data_checksum": run.train_set.checksum})
-    tracker = trial_tracker(sweep, trial_id, record)
+    tracker = trial_tracker(sweep, trial_id, record, config.get(TRIAL_NUMBER))
     if tracker is not None:
         tracker.sync(record["history"])  # the run exists from the start, failures included
     while not run.finished:
@@ -90,7 +107,7 @@ def train_trial(config: dict[str, Any]) -> None:
             metrics = run.run_epoch()
         except FloatingPointError as error:
             record["diverged"] = f"trial {trial_id} diverged at epoch {run.epoch + 1}: {error}"
-            (workdir / RECORD).write_text(json.dumps(record))
+            write_record(workdir, record)
             # NaN objectives: schedulers (nanpercentile) and searchers see no usable value
             tune.report({"diverged": 1, "epoch": run.epoch + 1, OBJECTIVE: math.nan,
                          "val_clean_accuracy": math.nan},
@@ -104,7 +121,7 @@ def train_trial(config: dict[str, Any]) -> None:
         if best is None or metrics[OBJECTIVE] > best[OBJECTIVE]:
             record["best"] = metrics
             save_checkpoint(workdir / BEST, model=run.model, config=run.config, metrics=metrics)
-        (workdir / RECORD).write_text(json.dumps(record))
+        write_record(workdir, record)
         if tracker is not None and run.finished:
             # before the last report: a scheduler may end the trial as soon as it has it
             tracker.publish(record["history"], workdir / BEST, tags={
@@ -112,7 +129,5 @@ def train_trial(config: dict[str, Any]) -> None:
                 f"best_{OBJECTIVE}": str(record["best"][OBJECTIVE])})
         elif tracker is not None:
             tracker.sync(record["history"])
-        report = {**metrics, f"best_{OBJECTIVE}": record["best"][OBJECTIVE],
-                  "restarts": record["restarts"]}
-        tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(workdir)))
+        tune.report(report_of(record), checkpoint=tune.Checkpoint.from_directory(str(workdir)))
     shutil.rmtree(workdir, ignore_errors=True)

@@ -40,6 +40,18 @@ def stop_group(process: subprocess.Popen, grace_s: float = 5.0) -> None:
             time.sleep(0.2)
 
 
+def kill_group(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """SIGKILL the process group at once (a preempted machine), then wait until it is gone."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    process.wait(timeout=timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while _group_alive(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)

@@ -13,7 +13,14 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.integration.cluster import BIN, ROOT, MlflowServer, RayNode, spawn, stop_group
+from tests.integration.cluster import (
+    BIN,
+    ROOT,
+    MlflowServer,
+    RayNode,
+    kill_group,
+    spawn,
+)
 
 pytestmark = pytest.mark.integration
 SMOKE = ["sweeps/emr_wrn.py", "--smoke"]
@@ -80,33 +87,58 @@ def test_ray_job_submit_runs_the_smoke_sweep(tmp_path):
         head.stop()
 
 
+def finished_optuna_trials(storage: str, study_name: str) -> int:
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except Exception:  # not created yet (or the database is mid-creation)
+        return 0
+    return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+
+
+def assert_sweep_consistent(summary: dict, tracking_uri: str, optuna_storage: str, study: str,
+                            num_samples: int) -> None:
+    """Exactly ``num_samples`` trials in Ray, Optuna (all finished) and MLflow; every run
+    holds each epoch of its trial once."""
+    assert summary["trials"] == num_samples and summary["errors"] == 0, summary
+    client, runs = trial_runs(tracking_uri)
+    runs = [r for r in runs if r.data.tags.get("sweep") == study]
+    numbers = sorted(r["trial_number"] for r in summary["results"])
+    assert numbers == list(range(num_samples))
+    assert sorted(int(r.data.tags["trial_number"]) for r in runs) == numbers
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)
+    assert not [r for r in runs if "orphaned" in r.data.tags]
+    by_number = {int(r.data.tags["trial_number"]): r for r in runs}
+    for result in summary["results"]:
+        run = by_number[result["trial_number"]]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id,
+                                                           "val_robust_accuracy")]
+        assert sorted(steps) == list(range(1, max(steps) + 1)), (result, steps)
+        assert max(steps) >= result["epochs"]
+        if run.info.status == "FINISHED":
+            files = {a.path for a in client.list_artifacts(run.info.run_id, "best_checkpoint")}
+            assert "best_checkpoint/model.safetensors" in files
+    trials = optuna.load_study(study_name=study, storage=optuna_storage).trials
+    assert len(trials) == num_samples
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), trials
+
+
 def test_resume_after_the_driver_is_killed(tmp_path):
+    """The driver dies the moment Optuna has closed a trial: the study is then ahead of Ray
+    Tune's last snapshot, which is the race a resume must survive."""
     env = {"ROBUST_SWEEPS_HOME": str(tmp_path)}
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    optuna_storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     args = [str(BIN / "python"), *SMOKE, "--samples", "4", "--name", "resume"]
     driver = spawn(args, tmp_path / "first.log", env)
     try:
-        wait_for(lambda: any(r.info.status == "FINISHED" for r in trial_runs(tracking_uri)[1]),
-                 timeout_s=600, what="a first finished trial")
+        wait_for(lambda: finished_optuna_trials(optuna_storage, "resume") >= 1, timeout_s=600,
+                 what="a first finished trial", poll_s=0.1)
     finally:
-        stop_group(driver, grace_s=1)  # the driver dies with its local Ray cluster
+        kill_group(driver)  # the driver dies with its local Ray cluster
     second = spawn([*args, "--resume"], tmp_path / "second.log", env)
     assert second.wait(timeout=900) == 0, (tmp_path / "second.log").read_text()[-3000:]
-    summary = summary_of(tmp_path / "second.log")
-    assert summary["trials"] == 4 and summary["errors"] == 0
-    _, runs = trial_runs(tracking_uri)
-    # trials the first driver started after Tune's last save are replaced on resume: their
-    # runs are closed as orphans, every other run is one of the sweep's four trials
-    orphans = [r for r in runs if "orphaned" in r.data.tags]
-    assert all(r.info.status == "KILLED" for r in orphans)
-    assert sorted(r.data.tags["trial_id"] for r in runs if r not in orphans) == sorted(
-        r["trial_id"] for r in summary["results"])
-    assert all(r.info.status != "RUNNING" for r in runs)
-    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    states = [t.state for t in study.trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 4
-    assert set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL}
-    assert len(study.trials) >= 4 + len(orphans)  # one suggestion per lost trial, at least
+    assert_sweep_consistent(summary_of(tmp_path / "second.log"), tracking_uri, optuna_storage,
+                            "resume", num_samples=4)
 
 
 def test_a_lost_worker_node_does_not_lose_trials(tmp_path):
