@@ -254,7 +254,9 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                         model_checks=found, epsilon_curve=curve, settings=settings)
 
 
-if __name__ == "__main__":
-    from attacks.evaluate_cli import main
+if __name__ == "__main__":  # `python -m attacks.evaluate`: the command line, this module once
+    import importlib
+    import sys
 
-    main()
+    sys.modules["attacks.evaluate"] = sys.modules[__name__]
+    importlib.import_module("attacks.evaluate_cli").main()

@@ -14,21 +14,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from attacks.evaluate import evaluate_model
-from attacks.suite import list_attacks
+ATTACK_HELP = ("attack specs, name[:key=value,...] (pgd:steps=100,loss=cw, aa-standard, "
+               "square:queries=5000, spsa-light, ...); an unknown name fails with the list")
 
 DEFAULT_ATTACKS = ("aa-standard", "pgd-100-ce", "pgd-100-cw")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m attacks.evaluate", description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path, help="a checkpoint directory")
     parser.add_argument("--attacks", nargs="+", default=list(DEFAULT_ATTACKS),
-                        help=f"attack specs (name[:key=value,...]); known: "
-                             f"{', '.join(list_attacks())}")
+                        help=ATTACK_HELP)
     parser.add_argument("--n-examples", type=int, default=1000)
     parser.add_argument("--epsilon", type=float, default=None,
                         help="radius (default: the checkpoint's training epsilon)")
@@ -37,25 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epsilon-curve", type=float, nargs="*", default=[],
                         help="also AutoAttack accuracy at these radii")
     parser.add_argument("--no-checks", action="store_true", help="skip the model probes")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", help="default: cuda when there is one, else cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None, help="write the full report here")
     return parser.parse_args(argv)
-
-
-def load_points(dataset: str, n_examples: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n_examples`` test points of ``dataset`` (AutoAttack's convention)."""
-    from trainables.data import load_dataset
-
-    x, y = load_dataset(dataset, "test").tensors()
-    if n_examples <= 0:
-        raise SystemExit(f"--n-examples must be positive, got {n_examples}")
-    return x[:n_examples].to(device), y[:n_examples].to(device)
-
-
-def checkpoint_context(config) -> dict[str, Any]:
-    """What the adaptive attack needs to know about the defense that trained the model."""
-    return {"defense": config.defense, "defense_params": dict(config.defense_params)}
 
 
 def compact(report: dict[str, Any]) -> dict[str, Any]:
@@ -65,9 +47,16 @@ def compact(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    import torch
+
+    from attacks.evaluate import evaluate_model
+    from attacks.targets import checkpoint_context, load_points
     from trainables.checkpoints import CheckpointError, load_checkpoint
 
-    args = parse_args(argv)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.n_examples <= 0:
+        raise SystemExit(f"error: --n-examples must be positive, got {args.n_examples}")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -27,12 +27,13 @@ from typing import Any
 import ray
 import torch
 
-from attacks.evaluate_cli import checkpoint_context, load_points
-from attacks.pool_cli import PoolConfig, parse_config
+from attacks.pool_config import PoolConfig
 from attacks.rows import row_metrics, row_params, row_tags
 from attacks.shards import Plan, Progress, Unit, run_unit
-from dashboards import tracking as mlflow_store
-from sweeps.runner import connect
+from attacks.targets import checkpoint_context, load_points
+from dashboards import artifacts, queue
+from dashboards.runs import training_seconds
+from sweeps.cluster import connect
 
 
 def log(message: str) -> None:
@@ -54,7 +55,7 @@ class Evaluator:
         key = (run_id, n_examples)
         if key not in self.loaded:
             self.loaded.clear()  # one model at a time keeps device memory bounded
-            path = mlflow_store.download_checkpoint(self.tracking_uri, run_id, self.cache_dir)
+            path = artifacts.download_checkpoint(self.tracking_uri, run_id, self.cache_dir)
             checkpoint = load_checkpoint(path, device=self.device)
             x, y = load_points(checkpoint.config.dataset, n_examples, self.device)
             self.loaded[key] = (checkpoint.model, x, y, checkpoint_context(checkpoint.config))
@@ -70,7 +71,7 @@ class Evaluator:
 class Job:
     """One claimed checkpoint being evaluated."""
 
-    candidate: mlflow_store.Candidate
+    candidate: queue.Candidate
     config: dict[str, Any]
     plan: Plan
     progress: Progress
@@ -110,11 +111,11 @@ class Pool:
         """Evaluate what is waiting now, ``evaluators`` checkpoints at a time; how many."""
         cfg, handled = self.config, 0
         while cfg.max_checkpoints is None or handled < cfg.max_checkpoints:
-            candidates = mlflow_store.find_candidates(
+            candidates = queue.find_candidates(
                 cfg.tracking_uri, experiments=cfg.experiments, sweep=cfg.sweep, top_k=cfg.top_k,
                 owner=cfg.pool_id)
             claimed = [c for c in candidates[:max(1, cfg.evaluators)]
-                       if mlflow_store.claim(cfg.tracking_uri, c.run_id, owner=cfg.pool_id,
+                       if queue.claim(cfg.tracking_uri, c.run_id, owner=cfg.pool_id,
                                              lease_seconds=cfg.lease_seconds,
                                              settle_seconds=cfg.settle_seconds)]
             if not claimed:  # nothing waiting, or all of it held by other pools
@@ -125,13 +126,13 @@ class Pool:
                 self.execute(jobs)
         return handled
 
-    def prepare(self, candidate: mlflow_store.Candidate) -> Job | None:
+    def prepare(self, candidate: queue.Candidate) -> Job | None:
         """Download and check the checkpoint; a bad one is marked failed and skipped."""
         from trainables.checkpoints import load_checkpoint
 
         cfg = self.config
         try:
-            path = mlflow_store.download_checkpoint(cfg.tracking_uri, candidate.run_id,
+            path = artifacts.download_checkpoint(cfg.tracking_uri, candidate.run_id,
                                                     cfg.state_dir / "checkpoints")
             checkpoint = load_checkpoint(path)
             config = checkpoint.config
@@ -222,7 +223,7 @@ class Pool:
     def renew(self, job: Job) -> None:
         if job.failed:
             return
-        if not mlflow_store.renew(self.config.tracking_uri, job.candidate.run_id,
+        if not queue.renew(self.config.tracking_uri, job.candidate.run_id,
                                   owner=self.config.pool_id,
                                   lease_seconds=self.config.lease_seconds):
             job.failed = "lease lost to another pool"
@@ -235,11 +236,11 @@ class Pool:
         run_id, written = record_row(
             cfg.tracking_uri, cfg.leaderboard, report=report, plan=job.plan, config=job.config,
             candidate=candidate, checkpoint=job.checkpoint, data_checksum=job.data_checksum,
-            seconds=seconds, train_seconds=mlflow_store.training_seconds(cfg.tracking_uri,
+            seconds=seconds, train_seconds=training_seconds(cfg.tracking_uri,
                                                                          candidate.run_id),
             artifact_location=cfg.artifact_location)
-        mlflow_store.finish(cfg.tracking_uri, candidate.run_id, owner=cfg.pool_id,
-                            status=mlflow_store.DONE, result_run=run_id)
+        queue.finish(cfg.tracking_uri, candidate.run_id, owner=cfg.pool_id,
+                            status=queue.DONE, result_run=run_id)
         self.stats["evaluated" if written else "skipped"] += 1
         self.stats["examples"] += job.plan.n_examples
         self.stats["seconds"] += seconds
@@ -247,15 +248,15 @@ class Pool:
         log(f"{job.name}: done — clean {report.clean.float().mean():.1%}, worst case "
             f"{worst:.1%}, {len(report.flags)} flags, leaderboard run {run_id}")
 
-    def fail(self, candidate: mlflow_store.Candidate, reason: str) -> None:
+    def fail(self, candidate: queue.Candidate, reason: str) -> None:
         log(f"{candidate.run_name or candidate.run_id}: failed — {reason}")
         self.stats["failed"] += 1
-        mlflow_store.finish(self.config.tracking_uri, candidate.run_id, owner=self.config.pool_id,
-                            status=mlflow_store.FAILED, reason=reason)
+        queue.finish(self.config.tracking_uri, candidate.run_id, owner=self.config.pool_id,
+                            status=queue.FAILED, reason=reason)
 
 
 def record_row(tracking_uri: str, leaderboard: str, *, report, plan: Plan,
-               config: dict[str, Any], candidate: mlflow_store.Candidate, checkpoint: str,
+               config: dict[str, Any], candidate: queue.Candidate, checkpoint: str,
                data_checksum: str, seconds: float, train_seconds: float,
                artifact_location: str | None = None) -> tuple[str, bool]:
     """Write one evaluation as its leaderboard run (once); ``(run_id, written)``."""
@@ -264,7 +265,7 @@ def record_row(tracking_uri: str, leaderboard: str, *, report, plan: Plan,
                     "checkpoint": checkpoint, "data_checksum": data_checksum}
         (Path(folder) / "report.json").write_text(json.dumps(document))
         name = candidate.run_name or candidate.run_id[:8]
-        return mlflow_store.record_evaluation(
+        return queue.record_evaluation(
             tracking_uri, leaderboard,
             identity={"source_run": candidate.run_id, "evaluation_plan": plan.key},
             run_name=f"{candidate.tags.get('defense', 'model')}-{name}",
@@ -282,8 +283,8 @@ def _last_line(error: Exception) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    config = parse_config(argv)
+def run(config: PoolConfig) -> dict[str, Any]:
+    """Evaluate what awaits evaluation (again and again with ``watch``); the summary."""
     connect(config.address, log_to_driver=False, configure_logging=False)
     started = time.perf_counter()
     pool = Pool(config)
@@ -304,5 +305,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return summary
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m attacks.pool`: the command line, this module once
+    import importlib
+
+    sys.modules["attacks.pool"] = sys.modules[__name__]
+    importlib.import_module("attacks.pool_cli").main()

@@ -83,8 +83,9 @@ def run_pool(checkpoint: Path, *, n: int, evaluators: int, attacks, shard_size: 
              gpus_per_evaluator: float = 0.0) -> dict:
     """One pool run on a fresh sqlite store holding two published copies of ``checkpoint``;
     the pool's summary (examples, wall_seconds, ...)."""
-    from attacks.pool import main as pool_main
-    from dashboards.tracking import STATUS_TAG, TrialTracker, now_ms
+    from attacks.pool_cli import main as pool_main
+    from dashboards.queue import STATUS_TAG
+    from dashboards.runs import TrialTracker, now_ms
     from trainables.checkpoints import load_checkpoint
 
     config = load_checkpoint(checkpoint).config
@@ -125,7 +126,7 @@ def main() -> None:
     torch.set_num_threads(1)
     import ray
 
-    from attacks.evaluate_cli import load_points
+    from attacks.targets import load_points
     from trainables.checkpoints import load_checkpoint
 
     with tempfile.TemporaryDirectory() as folder:

@@ -7,7 +7,7 @@ Training runs ``trainables.engine.train_epoch`` on CIFAR-shaped batches of the r
 the training forward+backward) are counted once with ``FlopCounterMode``; MFU is the achieved
 FLOP/s over the GPU's dense bf16 peak (a table by device name, else ``--peak-tflops``).
 Defense ratios interleave the defenses in shuffled rounds, as ``step_cost.py`` does. The pool
-runs ``attacks.pool.main`` on fresh sqlite stores with N evaluators of 1/N GPU each.
+runs ``attacks.pool_cli.main`` on fresh sqlite stores with N evaluators of 1/N GPU each.
 
     .venv/bin/python benchmarks/gpu.py                # on a CUDA machine
     .venv/bin/python benchmarks/gpu.py --small        # CPU smoke size (default without CUDA)

@@ -48,7 +48,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeps.cli import SMOKE_BASE
-from sweeps.runner import create_sampler
+from sweeps.samplers import create_sampler
 from trainables.config import merge
 from trainables.trainable import OBJECTIVE, train_trial
 

@@ -18,7 +18,8 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from dashboards.compare import McNemarResult, compare_reports
-from dashboards.tracking import EVAL_COMPLETE, search_all
+from dashboards.queue import EVAL_COMPLETE
+from dashboards.runs import search_all
 
 LEADERBOARD = "leaderboard"
 # leaderboard column → metric prefix written by attacks.rows

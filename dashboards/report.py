@@ -9,7 +9,6 @@ best trusted rows. Per-example data comes from each row's ``evaluation/report.js
 
 from __future__ import annotations
 
-import argparse
 import html
 from pathlib import Path
 from typing import Any
@@ -132,32 +131,9 @@ def render(tracking_uri: str, out: Path, *, experiment: str = LEADERBOARD,
     return index
 
 
-def main(argv: list[str] | None = None) -> Path:
-    from dashboards.tracking import default_tracking_uri
-    from sweeps.runner import home
+if __name__ == "__main__":  # `python -m dashboards.report`: the command line, this module once
+    import importlib
+    import sys
 
-    parser = argparse.ArgumentParser(prog="python -m dashboards.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tracking-uri", help="MLflow store (default: sqlite under "
-                                               "$ROBUST_SWEEPS_HOME)")
-    parser.add_argument("--experiment", default=LEADERBOARD)
-    parser.add_argument("--optuna-storage", help="study storage for the sweep plots "
-                                                 "(default: $ROBUST_SWEEPS_HOME/optuna.db)")
-    parser.add_argument("--out", type=Path, help="output folder (default: "
-                                                 "$ROBUST_SWEEPS_HOME/report)")
-    for name in ("dataset", "threat-model", "sweep", "defense"):
-        parser.add_argument(f"--{name}", help=f"only rows of this {name.replace('-', ' ')}")
-    args = parser.parse_args(argv)
-    root = home()
-    storage = args.optuna_storage
-    if storage is None and (root / "optuna.db").exists():
-        storage = f"sqlite:///{root / 'optuna.db'}"
-    index = render(args.tracking_uri or default_tracking_uri(root), args.out or root / "report",
-                   experiment=args.experiment, optuna_storage=storage, dataset=args.dataset,
-                   threat_model=args.threat_model, sweep=args.sweep, defense=args.defense)
-    print(index)
-    return index
-
-
-if __name__ == "__main__":
-    main()
+    sys.modules["dashboards.report"] = sys.modules[__name__]
+    importlib.import_module("dashboards.cli").report()

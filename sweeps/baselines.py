@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or a Ray job
 
 from sweeps.cli import main  # noqa: E402
-from sweeps.runner import SweepSpec  # noqa: E402
+from sweeps.spec import SweepSpec  # noqa: E402
 from trainables.defenses import preset  # noqa: E402
 
 PRESETS = {"trades": "trades_paper", "mart": "mart_paper"}
@@ -27,9 +27,12 @@ def spec_for(defense: str) -> SweepSpec:
                      grace_period=10, reduction_factor=3)
 
 
-if __name__ == "__main__":
+def run(argv: list[str] | None = None) -> int:
     chooser = argparse.ArgumentParser(add_help=False)
     chooser.add_argument("--defense", choices=sorted(PRESETS), default="trades")
-    known, rest = chooser.parse_known_args()
-    spec = spec_for(known.defense)
-    sys.exit(main(spec, __doc__, argv=rest))
+    known, rest = chooser.parse_known_args(argv)
+    return main(spec_for(known.defense), __doc__, argv=rest, prog="robust-sweeps sweep baselines")
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,18 +1,36 @@
-"""The command line every sweep script shares: flags, ``--smoke``, and the run itself."""
+"""The command line every sweep shares: flags, ``--smoke``, and the run itself.
+
+``robust-sweeps sweep STUDY [flags]`` runs a registered study (:data:`STUDIES`); each study's
+script in ``sweeps/`` runs the same command line (``python sweeps/emr_wrn.py --smoke``). Ray,
+Optuna and torch load after the flags are parsed, so ``--help`` answers at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sweeps.runner import SAMPLERS, SweepSpec, connect, failure_reason, run_sweep
-from trainables.config import apply_overrides, merge
+from sweeps.samplers import SAMPLERS
+
+if TYPE_CHECKING:
+    from sweeps.spec import SweepSpec
+
+# A study's name and the module of ``sweeps/`` that specifies it (its ``run(argv)``).
+STUDIES = {
+    "emr_wrn": "sweeps.emr_wrn",
+    "lma_resnet18": "sweeps.lma_resnet18",
+    "he_wrn": "sweeps.he_wrn",
+    "amr_mnist": "sweeps.amr_mnist",
+    "smd_wrn": "sweeps.smd_wrn",
+    "baselines": "sweeps.baselines",
+}
 
 # Real MNIST, a small MLP, a few short trials on the CPU: the whole stack in minutes.
 SMOKE_BASE: dict[str, Any] = {
@@ -23,8 +41,9 @@ SMOKE_BASE: dict[str, Any] = {
 }
 
 
-def parse_args(description: str, argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description,
+def parse_args(description: str, argv: list[str] | None,
+              prog: str | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true",
                         help="real MNIST, small model, 4 trials of 3 epochs, CPU")
@@ -51,6 +70,8 @@ def parse_args(description: str, argv: list[str] | None) -> argparse.Namespace:
 
 
 def spec_from_args(spec: SweepSpec, args: argparse.Namespace) -> SweepSpec:
+    from trainables.config import apply_overrides, merge
+
     base = spec.base
     changes: dict[str, Any] = {}
     if args.smoke:
@@ -71,6 +92,8 @@ def spec_from_args(spec: SweepSpec, args: argparse.Namespace) -> SweepSpec:
 
 def summarize(results, wall_seconds: float | None = None) -> dict[str, Any]:
     """Per-trial outcome, and the sweep's wall time against the trials' own time."""
+    from sweeps.runner import failure_reason
+
     rows = []
     for result in results:
         metrics = result.metrics or {}
@@ -89,8 +112,12 @@ def summarize(results, wall_seconds: float | None = None) -> dict[str, Any]:
 
 
 def main(spec: SweepSpec, description: str, argv: list[str] | None = None,
-         adjust: Callable[[SweepSpec, argparse.Namespace], SweepSpec] | None = None) -> int:
-    args = parse_args(description, argv)
+         adjust: Callable[[SweepSpec, argparse.Namespace], SweepSpec] | None = None,
+         prog: str | None = None) -> int:
+    args = parse_args(description, argv, prog)
+    from sweeps.cluster import connect
+    from sweeps.runner import run_sweep
+
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
     logging.getLogger("sweeps").addHandler(handler)
@@ -108,3 +135,18 @@ def main(spec: SweepSpec, description: str, argv: list[str] | None = None,
     results = run_sweep(spec, resume=args.resume)
     print(json.dumps(summarize(results, time.perf_counter() - start)))
     return 0
+
+
+def sweep(argv: list[str] | None = None) -> int:
+    """``robust-sweeps sweep STUDY [flags]``: run (or ``--resume``) a registered study."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = ", ".join(STUDIES)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: robust-sweeps sweep STUDY [--smoke] [--resume] [flags]\n\n"
+              f"Run a study's sweep on Ray (Optuna proposes, ASHA stops, MLflow records).\n"
+              f"studies: {names}\n`robust-sweeps sweep STUDY --help` lists the flags.")
+        return 0
+    if argv[0] not in STUDIES:
+        print(f"error: unknown study {argv[0]!r}; known: {names}", file=sys.stderr)
+        return 2
+    return importlib.import_module(STUDIES[argv[0]]).run(argv[1:])

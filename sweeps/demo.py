@@ -47,7 +47,8 @@ def fresh_home(path: Path) -> Path:
 
 def run_sweeps(defenses, samples: int, epochs: int) -> list[dict]:
     from sweeps.cli import SMOKE_BASE, summarize
-    from sweeps.runner import SweepSpec, run_sweep
+    from sweeps.runner import run_sweep
+    from sweeps.spec import SweepSpec
     from trainables.config import merge
 
     summaries = []
@@ -66,7 +67,7 @@ def run_sweeps(defenses, samples: int, epochs: int) -> list[dict]:
 
 
 def run_pool(sweeps: list[str], top_k: int, n_examples: int) -> None:
-    from attacks.pool import main as pool_main
+    from attacks.pool_cli import main as pool_main
 
     for sweep in sweeps:
         say(f"evaluation pool on the {top_k} best checkpoints of {sweep}")
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dashboards.leaderboard import load, to_markdown
     from dashboards.report import render
-    from dashboards.tracking import default_tracking_uri
+    from dashboards.runs import default_tracking_uri
 
     say(f"starting a local Ray cluster (2 CPUs); everything goes to {home}")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,

@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or a Ray job
 
 from sweeps.cli import main  # noqa: E402
-from sweeps.runner import SweepSpec  # noqa: E402
+from sweeps.spec import SweepSpec  # noqa: E402
 from trainables.defenses import preset  # noqa: E402
 
 SPEC = SweepSpec(
@@ -30,5 +30,9 @@ def smoke_model(spec: SweepSpec, args) -> SweepSpec:
     return spec
 
 
+def run(argv: list[str] | None = None) -> int:
+    return main(SPEC, __doc__, argv, adjust=smoke_model, prog="robust-sweeps sweep he_wrn")
+
+
 if __name__ == "__main__":
-    sys.exit(main(SPEC, __doc__, adjust=smoke_model))
+    sys.exit(run())

@@ -9,32 +9,26 @@ run (``trainables.trainable``). ``resume=True`` continues an interrupted sweep i
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
-import os
-import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
-import ray
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 
-from dashboards.tracking import (
+from dashboards.runs import (
     Tracking,
-    default_artifact_location,
-    default_tracking_uri,
     flatten,
     search_all,
 )
+from sweeps.environment import code_version
 from sweeps.resume import ResumableASHA, ResumableFIFO, ResumableOptunaSearch, has_snapshot
-from trainables.config import TrialConfig, merge
+from sweeps.samplers import create_sampler
+from sweeps.spec import SweepSpec
+from trainables.config import merge
 from trainables.defenses import defense_class
 from trainables.trainable import (
     OBJECTIVE,
@@ -46,39 +40,7 @@ from trainables.trainable import (
 
 log = logging.getLogger(__name__)
 
-HOME_ENV = "ROBUST_SWEEPS_HOME"
 PARETO = ("val_clean_accuracy", "val_robust_accuracy")
-
-
-CODE_VERSION_ENV = "ROBUST_SWEEPS_CODE_VERSION"
-
-
-def home() -> Path:
-    """Where sweeps keep results, databases and artifacts unless told otherwise."""
-    path = Path(os.environ.get(HOME_ENV, Path.home() / "robust-sweeps")).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def connect(address: str | None, **init_kwargs) -> None:
-    """Join the Ray cluster at ``address`` (``None``: ``$RAY_ADDRESS``, a submitted job's
-    cluster or a new local one; ``"local"``: always a new one), unless already connected."""
-    if address and address != "local":
-        os.environ.setdefault("RAY_AUTH_MODE", "token")  # `ray start` clusters use tokens
-    if not ray.is_initialized():
-        ray.init(address=address, **init_kwargs)
-
-
-def code_version() -> str:
-    """The git commit of this code, or ``$ROBUST_SWEEPS_CODE_VERSION`` where there is no
-    repository (the Docker image is built with it)."""
-    if os.environ.get(CODE_VERSION_ENV):
-        return os.environ[CODE_VERSION_ENV]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 # -------------------------------------------------------------------- search spaces
@@ -90,82 +52,6 @@ def defense_space(defense: str, trial) -> dict[str, Any]:
 def seeds_only_space(trial) -> dict[str, Any]:
     """For parameter-free controls (SMD): only the seed varies."""
     return {"overrides": {"seed": trial.suggest_int("seed", 0, 2**31 - 1)}}
-
-
-@dataclass(frozen=True)
-class SweepSpec:
-    name: str
-    base: dict[str, Any]  # TrialConfig fields shared by every trial
-    num_samples: int = 8
-    max_concurrent: int = 2
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    sampler: str = "tpe"
-    seeds_only: bool = False
-    early_stopping: bool = True  # ASHA on validation robust accuracy
-    grace_period: int = 1  # ASHA: epochs before a trial may be stopped
-    reduction_factor: int = 2
-    max_failures: int = 2
-    storage_path: str | None = None  # Ray Tune results (shared storage on a cluster)
-    tracking_uri: str | None = None
-    experiment: str | None = None
-    artifact_location: str | None = None
-    optuna_storage: str | None = None
-    seed: int = 0
-    extra_tags: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        if self.num_samples < 1 or self.max_concurrent < 1:
-            raise ValueError("num_samples and max_concurrent must be >= 1")
-        TrialConfig.from_dict(self.base)  # fail before any cluster work
-
-    @property
-    def config(self) -> TrialConfig:
-        return TrialConfig.from_dict(self.base)
-
-    def resolved(self) -> SweepSpec:
-        """Defaults spelled out: storage, tracking and Optuna stores under ``home()``."""
-        root = home()
-        return dataclasses.replace(
-            self,
-            storage_path=self.storage_path or str(root / "ray_results"),
-            tracking_uri=self.tracking_uri or default_tracking_uri(root),
-            experiment=self.experiment or "sweeps",
-            # a tracking server keeps artifacts in its own store (--artifacts-destination)
-            artifact_location=self.artifact_location or (
-                None if str(self.tracking_uri).startswith("http")
-                else default_artifact_location(root)),
-            optuna_storage=self.optuna_storage or f"sqlite:///{root / 'optuna.db'}",
-        )
-
-
-def tpe_startup_trials(num_samples: int) -> int:
-    """Random trials before TPE models the space: a quarter of the budget, 2 to 10.
-
-    Optuna's fixed default (10) suits budgets of a hundred trials or more; with the 16-32 trials
-    a GPU sweep affords it would leave TPE little budget to exploit what it learnt.
-    """
-    return max(2, min(10, num_samples // 4))
-
-
-SAMPLER_FACTORIES: dict[str, Callable[[int, int], optuna.samplers.BaseSampler]] = {
-    "tpe": lambda seed, n: optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, n_startup_trials=tpe_startup_trials(n)),
-    "nsga2": lambda seed, n: optuna.samplers.NSGAIISampler(seed=seed),
-    "cmaes": lambda seed, n: optuna.samplers.CmaEsSampler(seed=seed,
-                                                          warn_independent_sampling=False),
-    "random": lambda seed, n: optuna.samplers.RandomSampler(seed=seed),
-}
-SAMPLERS = tuple(SAMPLER_FACTORIES)
-
-
-def create_sampler(name: str, *, seed: int, num_samples: int) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler registered as ``name``, seeded, sized for ``num_samples`` trials."""
-    if name not in SAMPLER_FACTORIES:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
-    return SAMPLER_FACTORIES[name](seed, num_samples)
 
 
 def build_searcher(spec: SweepSpec, *, adopt_running: bool = False):

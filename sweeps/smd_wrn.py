@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or a Ray job
 
 from sweeps.cli import main  # noqa: E402
-from sweeps.runner import SweepSpec  # noqa: E402
+from sweeps.spec import SweepSpec  # noqa: E402
 from trainables.defenses import preset  # noqa: E402
 
 SPEC = SweepSpec(
@@ -20,5 +20,10 @@ SPEC = SweepSpec(
     sampler="random", early_stopping=False,
 )
 
+
+def run(argv: list[str] | None = None) -> int:
+    return main(SPEC, __doc__, argv, prog="robust-sweeps sweep smd_wrn")
+
+
 if __name__ == "__main__":
-    sys.exit(main(SPEC, __doc__))
+    sys.exit(run())

@@ -5,7 +5,7 @@ import torch
 from attacks.evaluate import AttackResult, build_report
 from attacks.pool import record_row
 from attacks.shards import Plan
-from dashboards.tracking import Candidate
+from dashboards.queue import Candidate
 
 N = 50
 

@@ -177,6 +177,7 @@ def parse_pool(args: list[str], monkeypatch) -> dict:
 
 
 def parse_report(args: list[str], monkeypatch) -> dict:
+    import dashboards.cli as cli
     import dashboards.report as report
 
     seen: dict = {}
@@ -186,7 +187,7 @@ def parse_report(args: list[str], monkeypatch) -> dict:
         return Path(out) / "index.html"
 
     monkeypatch.setattr(report, "render", render)
-    report.main(args)
+    cli.report(args)
     return {"kind": "report", "tracking_uri": seen["tracking_uri"], "out": seen["out"],
             "optuna_storage": seen["optuna_storage"]}
 

@@ -2,9 +2,10 @@
 
 import optuna
 
-from dashboards.tracking import Tracking
+from dashboards.runs import Tracking
 from sweeps.cli import SMOKE_BASE
-from sweeps.runner import SweepSpec, close_orphans
+from sweeps.runner import close_orphans
+from sweeps.spec import SweepSpec
 
 
 def test_runs_and_optuna_trials_tune_no_longer_knows_are_closed(tmp_path):

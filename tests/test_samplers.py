@@ -3,7 +3,7 @@
 import optuna
 import pytest
 
-from sweeps.runner import SAMPLERS, create_sampler, tpe_startup_trials
+from sweeps.samplers import SAMPLERS, create_sampler, tpe_startup_trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -7,23 +7,23 @@ import pytest
 from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
-from dashboards import tracking
-from dashboards.tracking import (
+from dashboards import queue
+from dashboards.artifacts import download_checkpoint
+from dashboards.queue import (
     EVAL_FAILURE,
     EVAL_LEASE_EXPIRES,
     EVAL_LEASE_OWNER,
     EVAL_RESULT,
     MAX_FAILURE_LENGTH,
     STATUS_TAG,
-    TrialTracker,
     claim,
     completed_evaluation,
-    download_checkpoint,
     find_candidates,
     finish,
     record_evaluation,
     renew,
 )
+from dashboards.runs import TrialTracker
 
 CHECKPOINT_FILES = {"model.safetensors": bytes(range(256)) * 40,
                     "config.json": b'{"defense": "trades", "model": "mlp"}'}
@@ -131,7 +131,7 @@ def test_claim_lost_to_a_later_writer_backs_off(store, monkeypatch):
         settles.append(seconds)
         store.client.log_batch(run, tags=rival_tags)
 
-    monkeypatch.setattr(tracking.time, "sleep", rival_writes_while_settling)
+    monkeypatch.setattr(queue.time, "sleep", rival_writes_while_settling)
     assert not claim(store.uri, run, owner="A", lease_seconds=600, settle_seconds=0.25, now=1000)
     monkeypatch.undo()
     assert settles == [0.25]

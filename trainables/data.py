@@ -63,7 +63,7 @@ class DatasetInfo:
     default_val_size: int
     augment: bool  # random crop + flip by default on the training split
     provision: Callable[[Path], RawData]
-    epsilon: float  # default L∞ budget of the threat model (SPEC: 0.1 MNIST, 8/255 colour)
+    epsilon: float  # default L∞ budget (0.1 MNIST, EMR Table 1; 8/255 colour images)
     step_size: float  # default training PGD step
 
 

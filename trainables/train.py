@@ -12,16 +12,15 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
-from trainables.checkpoints import METRICS, CheckpointError, resume, save_checkpoint
-from trainables.config import ConfigError, TrialConfig, apply_overrides
-from trainables.engine import TrainingRun
+if TYPE_CHECKING:  # torch loads only when a run starts: `--help` answers at once
+    from trainables.config import TrialConfig
+    from trainables.engine import TrainingRun
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m trainables.train", description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", type=Path, help="YAML file with TrialConfig fields")
@@ -39,6 +38,10 @@ def default_run_name(config: TrialConfig) -> str:
 
 
 def load_run(args: argparse.Namespace) -> tuple[TrainingRun, Path]:
+    from trainables.checkpoints import resume
+    from trainables.config import TrialConfig, apply_overrides
+    from trainables.engine import TrainingRun
+
     if args.resume:
         config_values = json.loads((args.resume / "config.json").read_text())
         config = TrialConfig.from_dict(apply_overrides(config_values, args.overrides))
@@ -56,6 +59,8 @@ def log(message: str) -> None:
 
 def _saved_history(checkpoint: Path) -> list[dict]:
     """Per-epoch metrics kept in the checkpoint (so a resumed run reports every epoch)."""
+    from trainables.checkpoints import METRICS
+
     try:
         return list(json.loads((checkpoint / METRICS).read_text()).get("history", []))
     except (OSError, ValueError):
@@ -63,6 +68,10 @@ def _saved_history(checkpoint: Path) -> list[dict]:
 
 
 def train(run: TrainingRun, checkpoint: Path, *, quiet: bool = False) -> dict:
+    from tqdm import tqdm
+
+    from trainables.checkpoints import save_checkpoint
+
     cfg = run.config
     log(f"training {cfg.model} with {cfg.defense} on {cfg.dataset}: {len(run.train_set)} train "
         f"/ {len(run.val_set)} val images, {cfg.epochs} epochs, ε={cfg.epsilon:g}, "
@@ -102,6 +111,9 @@ def train(run: TrainingRun, checkpoint: Path, *, quiet: bool = False) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from trainables.checkpoints import CheckpointError
+    from trainables.config import ConfigError
+
     try:
         run, checkpoint = load_run(args)
     except ConfigError as error:

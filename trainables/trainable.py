@@ -20,7 +20,8 @@ from typing import Any
 
 from ray import tune
 
-from dashboards.tracking import STATUS_TAG, TrialTracker, now_ms
+from dashboards.queue import submission_tags
+from dashboards.runs import TrialTracker, now_ms
 from trainables.checkpoints import resume, save_checkpoint
 from trainables.config import TrialConfig, merge
 from trainables.engine import TrainingRun
@@ -124,9 +125,8 @@ def train_trial(config: dict[str, Any]) -> None:
         write_record(workdir, record)
         if tracker is not None and run.finished:
             # before the last report: a scheduler may end the trial as soon as it has it
-            tracker.publish(record["history"], workdir / BEST, tags={
-                STATUS_TAG: "pending", "best_epoch": str(record["best"]["epoch"]),
-                f"best_{OBJECTIVE}": str(record["best"][OBJECTIVE])})
+            tracker.publish(record["history"], workdir / BEST,
+                            tags=submission_tags(record["best"], OBJECTIVE))
         elif tracker is not None:
             tracker.sync(record["history"])
         tune.report(report_of(record), checkpoint=tune.Checkpoint.from_directory(str(workdir)))

@@ -22,7 +22,7 @@ LMA Table 5     WRN-34-10  LMA-AT     85.39  60.62   52.61
 The HE paper gives AutoAttack only for PGD-AT+HE; its strongest attack on both models is FAB
 (Table 2), one of AutoAttack's parts, which stands in for the paper's AA-type difference (+3.22).
 
-Threat model: L∞, ε = 0.1, the project's MNIST default (SPEC; EMR's MNIST table). TRADES' small
+Threat model: L∞, ε = 0.1, the project's MNIST default (EMR's MNIST table). TRADES' small
 CNN protocol (ε = 0.3) trains 100 epochs with 40-step PGD, four times our per-epoch cost, and
 ε = 0.3 is not a project default; it does not fit 25 minutes on one core. Training PGD: 10 steps
 of ε/4 = 0.025 (both papers: 10 steps of 2/255 at 8/255) from each defense's own start (uniform;

@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from attacks.evaluate import evaluate_model
 from attacks.shards import slug
-from dashboards.tracking import STATUS_TAG, TrialTracker, now_ms
+from dashboards.queue import STATUS_TAG
+from dashboards.runs import TrialTracker, now_ms
 from trainables.checkpoints import save_checkpoint
 from trainables.config import TrialConfig
 
@@ -63,7 +64,7 @@ def leaderboard_runs(store) -> list:
 
 def test_pool_evaluates_records_and_adds_nothing_on_rerun(ray_cluster, store, trained_mlp,
                                                           mnist_test_slice):
-    from attacks.pool import main
+    from attacks.pool_cli import main
 
     good = publish(store, trained_mlp, trial="good", score=0.6)
     bad = publish(store, trained_mlp, trial="bad", score=0.9, corrupt=True)
@@ -123,7 +124,7 @@ def spawn_pool(store, log: Path) -> subprocess.Popen:
 
 
 def test_killed_pool_resumes_without_redoing_units(ray_cluster, store, trained_mlp, tmp_path):
-    from attacks.pool import main
+    from attacks.pool_cli import main
 
     publish(store, trained_mlp, trial="only", score=0.5)
     log = tmp_path / "pool.log"

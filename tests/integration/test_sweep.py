@@ -5,7 +5,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sweeps.cli import SMOKE_BASE, summarize
-from sweeps.runner import SweepSpec, run_sweep
+from sweeps.runner import run_sweep
+from sweeps.spec import SweepSpec
 from trainables import data
 from trainables.checkpoints import load_checkpoint
 from trainables.engine import evaluate

@@ -17,7 +17,7 @@ Choices the paper leaves open, read from its text:
 * Clean inputs only. AMR is a training regulariser "roughly the same [cost] as standard
   training" (Sec. 5.3); PGD adversarial training appears only as a separate baseline (Table 2),
   never combined with AMR, so ``perturb`` returns ``x`` and there is no AT base knob.
-* Batch means. Eq. 15 writes sums over the n examples without the indicator; Eq. 8 (and SPEC)
+* Batch means. Eq. 15 writes sums over the n examples without the indicator; Eq. 8
   has the 1/n mean and the indicator 1[ŷ = y], which Eq. 15's text also states ("we only
   maximize the margin when the classifier makes a correct prediction"). The minibatch loss is
   mean CE − λ·mean truncated margin + β·penalty, the penalty added once per batch (the usual

@@ -33,7 +33,7 @@ from trainables.defenses import register_defense
 from trainables.defenses.base import knob, with_weight_decay
 from trainables.defenses.composed import ComposedDefense
 
-# "standard" is not among SPEC's bases, but the paper's Table 1/2 ST+EMR rows need it.
+# "standard" is no adversarial base, but the paper's Table 1/2 ST+EMR rows need it.
 BASES = ("standard", "pgd_at", "trades", "mart", "mail_at", "mail_trades")
 SEARCHED_BASES = ("pgd_at", "trades", "mart", "mail_at", "mail_trades")
 
@@ -107,7 +107,7 @@ class EffectiveMarginRegularization(ComposedDefense):
         "cnn4_cifar10_at": {**_CNN, "defense_params": {
             "emr_base": "pgd_at", "emr_exact": True, "lambda_emr": 1e-3}},
         # Sec. 5.1 schedules; Table 6 (ResNet-18). The paper's Table 6 has t = 0.1 for
-        # TRADES+EMR on ResNet-18 (SPEC's t = 1.0 is the WideResNet value, Table 7).
+        # TRADES+EMR on ResNet-18 (t = 1.0 is the WideResNet value, Table 7).
         "resnet18_at": {**_RESNET, "epochs": 100, "lr_milestones": [60, 90],
                         "weight_decay": 5e-4, "defense_params": {
                             "emr_base": "pgd_at", "lambda_emr": 0.1, "temperature": 40.0}},

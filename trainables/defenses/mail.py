@@ -10,7 +10,7 @@ boundary in probability space. Exactly what is implemented, per batch of size B:
     mail_at:     mean_i wᵢ·CE(f(x'ᵢ), yᵢ)                    x' = PGD on CE
     mail_trades: mean_i CE(f(xᵢ), yᵢ) + β·mean_i wᵢ·KL(p(xᵢ) ‖ p(x'ᵢ))   x' = TRADES' KL attack
 
-The batch normalisation follows the paper and SPEC; the authors' released code instead
+The batch normalisation follows the MAIL paper; the authors' released code instead
 multiplies the sigmoid by a constant 3, so its effective learning rate drifts with the weights.
 Defaults are the settings the EMR paper reports for MAIL (appendix: AT slope 30 / bias 0.07;
 TRADES slope 5 / bias 0.05, β = 5). The attack starts from x + 0.001·N(0, I) as in the authors'

@@ -1,0 +1,113 @@
+"""Command lines that read results: ``report``, ``leaderboard`` and ``compare``.
+
+Each parses its flags before importing pandas, MLflow or the renderers, so ``--help`` answers
+at once, and none of them loads Ray: results are read from the MLflow store alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+LEADERBOARD = "leaderboard"  # the experiment the evaluation pool writes rows to
+FORMATS = ("markdown", "csv", "json", "robustbench")
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tracking-uri", help="MLflow store (default: sqlite under "
+                                               "$ROBUST_SWEEPS_HOME)")
+    parser.add_argument("--experiment", default=LEADERBOARD, help="leaderboard experiment")
+    return parser
+
+
+def _filters(parser: argparse.ArgumentParser) -> None:
+    for name in ("dataset", "threat-model", "sweep", "defense"):
+        parser.add_argument(f"--{name}", help=f"only rows of this {name.replace('-', ' ')}")
+
+
+def _store(args: argparse.Namespace) -> tuple[str, Path]:
+    from dashboards.runs import default_tracking_uri
+    from sweeps.environment import home
+
+    root = home()
+    return args.tracking_uri or default_tracking_uri(root), root
+
+
+def report(argv: list[str] | None = None) -> Path:
+    """``robust-sweeps report``: the static HTML report (``index.html`` and its figures)."""
+    parser = _parser("robust-sweeps report", "Render the leaderboard, Pareto front, ε curves, "
+                     "sweep histories and margin histograms as a static HTML report.")
+    parser.add_argument("--optuna-storage", help="study storage for the sweep plots "
+                                                 "(default: $ROBUST_SWEEPS_HOME/optuna.db)")
+    parser.add_argument("--out", type=Path, help="output folder (default: "
+                                                 "$ROBUST_SWEEPS_HOME/report)")
+    _filters(parser)
+    args = parser.parse_args(argv)
+    from dashboards.report import render
+
+    uri, root = _store(args)
+    storage = args.optuna_storage
+    if storage is None and (root / "optuna.db").exists():
+        storage = f"sqlite:///{root / 'optuna.db'}"
+    index = render(uri, args.out or root / "report", experiment=args.experiment,
+                   optuna_storage=storage, dataset=args.dataset, threat_model=args.threat_model,
+                   sweep=args.sweep, defense=args.defense)
+    print(index)
+    return index
+
+
+def leaderboard(argv: list[str] | None = None) -> str:
+    """``robust-sweeps leaderboard``: the ranked rows, as Markdown, CSV or JSON."""
+    parser = _parser("robust-sweeps leaderboard", "Print the leaderboard ranked by AutoAttack "
+                     "accuracy (flagged rows last, unranked), with 95%% intervals.")
+    _filters(parser)
+    parser.add_argument("--format", choices=FORMATS, default="markdown",
+                        help="robustbench: the first row in RobustBench's model-info format")
+    args = parser.parse_args(argv)
+    from dashboards import leaderboard as board
+
+    uri, _ = _store(args)
+    rows = board.load(uri, args.experiment, dataset=args.dataset,
+                      threat_model=args.threat_model, sweep=args.sweep, defense=args.defense)
+    if rows.empty and args.format == "robustbench":
+        raise SystemExit("error: no leaderboard row matches")
+    text = {"markdown": lambda: board.to_markdown(rows),
+            "csv": lambda: rows.to_csv(index=False),
+            "json": lambda: rows.to_json(orient="records"),
+            "robustbench": lambda: board.robustbench_json(rows.iloc[0])}[args.format]()
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return text
+
+
+def compare(argv: list[str] | None = None) -> dict[str, Any]:
+    """``robust-sweeps compare``: the exact McNemar test between two rows or two sweeps."""
+    parser = _parser("robust-sweeps compare", "Whether two leaderboard rows (run ids), or the "
+                     "best trusted rows of two sweeps (--sweeps), differ significantly on the "
+                     "same test points (exact McNemar test on per-example flags).")
+    parser.add_argument("a", help="a leaderboard run id (a sweep name with --sweeps)")
+    parser.add_argument("b", help="the other one")
+    parser.add_argument("--sweeps", action="store_true", help="a and b are sweep names")
+    parser.add_argument("--attack", default="worst_case",
+                        help="whose per-example flags to compare (default: the worst case)")
+    args = parser.parse_args(argv)
+    from dashboards import leaderboard as board
+
+    uri, _ = _store(args)
+    try:
+        if args.sweeps:
+            run_a, run_b, result = board.compare_sweeps(uri, args.a, args.b, args.experiment,
+                                                        args.attack)
+        else:
+            run_a, run_b = args.a, args.b
+            result = board.compare_rows(uri, run_a, run_b, args.attack)
+    except (ValueError, KeyError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(result.sentence(args.a, args.b), file=sys.stderr)
+    summary = {"a": run_a, "b": run_b, **result.to_dict()}
+    print(json.dumps(summary))
+    return summary
