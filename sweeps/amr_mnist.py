@@ -10,21 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or a Ray job
 
-from sweeps.cli import main  # noqa: E402
-from sweeps.spec import SweepSpec  # noqa: E402
-from trainables.defenses import preset  # noqa: E402
-
-SPEC = SweepSpec(
-    name="amr-mnist",
-    base={**preset("amr", "amr_mnist_cnn"), "epochs": 50, "val_subset": 2000},
-    num_samples=24, max_concurrent=4, cpus_per_trial=2, gpus_per_trial=0.0, grace_period=5,
-    reduction_factor=3,
-)
-
-
-def run(argv: list[str] | None = None) -> int:
-    return main(SPEC, __doc__, argv, prog="robust-sweeps sweep amr_mnist")
-
+from sweeps.cli import run_study  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(run_study("amr_mnist"))

@@ -1,36 +1,24 @@
 """The command line every sweep shares: flags, ``--smoke``, and the run itself.
 
-``robust-sweeps sweep STUDY [flags]`` runs a registered study (:data:`STUDIES`); each study's
-script in ``sweeps/`` runs the same command line (``python sweeps/emr_wrn.py --smoke``). Ray,
-Optuna and torch load after the flags are parsed, so ``--help`` answers at once.
+``robust-sweeps sweep STUDY [flags]`` (or ``--study FILE.yaml``) runs a study
+(``sweeps.study``); each script in ``sweeps/`` runs the same command line for its study
+(``python sweeps/emr_wrn.py --smoke``). Ray, Optuna and torch load after the flags are parsed.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sweeps.samplers import SAMPLERS
 
 if TYPE_CHECKING:
     from sweeps.spec import SweepSpec
-
-# A study's name and the module of ``sweeps/`` that specifies it (its ``run(argv)``).
-STUDIES = {
-    "emr_wrn": "sweeps.emr_wrn",
-    "lma_resnet18": "sweeps.lma_resnet18",
-    "he_wrn": "sweeps.he_wrn",
-    "amr_mnist": "sweeps.amr_mnist",
-    "smd_wrn": "sweeps.smd_wrn",
-    "baselines": "sweeps.baselines",
-}
 
 # Real MNIST, a small MLP, a few short trials on the CPU: the whole stack in minutes.
 SMOKE_BASE: dict[str, Any] = {
@@ -69,13 +57,16 @@ def parse_args(description: str, argv: list[str] | None,
     return parser.parse_args(argv)
 
 
-def spec_from_args(spec: SweepSpec, args: argparse.Namespace) -> SweepSpec:
+def spec_from_args(spec: SweepSpec, args: argparse.Namespace,
+                   smoke_base: dict[str, Any] | None = None) -> SweepSpec:
+    """The spec with the command line's flags applied (``smoke_base``: the study's own fields
+    under ``--smoke``, replacing the smoke defaults)."""
     from trainables.config import apply_overrides, merge
 
     base = spec.base
     changes: dict[str, Any] = {}
     if args.smoke:
-        base = merge(base, SMOKE_BASE)
+        base = {**merge(base, SMOKE_BASE), **(smoke_base or {})}
         changes.update(num_samples=4, max_concurrent=2, cpus_per_trial=1.0, gpus_per_trial=0.0,
                        grace_period=1, reduction_factor=2, name=f"{spec.name}-smoke")
     if args.epochs:
@@ -112,8 +103,7 @@ def summarize(results, wall_seconds: float | None = None) -> dict[str, Any]:
 
 
 def main(spec: SweepSpec, description: str, argv: list[str] | None = None,
-         adjust: Callable[[SweepSpec, argparse.Namespace], SweepSpec] | None = None,
-         prog: str | None = None) -> int:
+         smoke_base: dict[str, Any] | None = None, prog: str | None = None) -> int:
     args = parse_args(description, argv, prog)
     from sweeps.cluster import connect
     from sweeps.runner import run_sweep
@@ -122,9 +112,7 @@ def main(spec: SweepSpec, description: str, argv: list[str] | None = None,
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
     logging.getLogger("sweeps").addHandler(handler)
     logging.getLogger("sweeps").setLevel(logging.INFO)
-    spec = spec_from_args(spec, args)
-    if adjust is not None:
-        spec = adjust(spec, args)
+    spec = spec_from_args(spec, args, smoke_base)
     resolved = spec.resolved()
     print(f"sweep {resolved.name}: {resolved.num_samples} trials of {resolved.config.defense} on "
           f"{resolved.config.model}/{resolved.config.dataset}; results in "
@@ -137,16 +125,31 @@ def main(spec: SweepSpec, description: str, argv: list[str] | None = None,
     return 0
 
 
-def sweep(argv: list[str] | None = None) -> int:
-    """``robust-sweeps sweep STUDY [flags]``: run (or ``--resume``) a registered study."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    names = ", ".join(STUDIES)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: robust-sweeps sweep STUDY [--smoke] [--resume] [flags]\n\n"
-              f"Run a study's sweep on Ray (Optuna proposes, ASHA stops, MLflow records).\n"
-              f"studies: {names}\n`robust-sweeps sweep STUDY --help` lists the flags.")
-        return 0
-    if argv[0] not in STUDIES:
-        print(f"error: unknown study {argv[0]!r}; known: {names}", file=sys.stderr)
+def run_study(study: str, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run the study named (or stored at) ``study`` with the command line's flags."""
+    from sweeps.study import StudyError, load_study
+
+    try:
+        loaded = load_study(study)
+    except StudyError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    return importlib.import_module(STUDIES[argv[0]]).run(argv[1:])
+    return main(loaded.spec, loaded.description, argv, loaded.smoke_base,
+                prog=prog or f"robust-sweeps sweep {study}")
+
+
+def sweep(argv: list[str] | None = None) -> int:
+    """``robust-sweeps sweep STUDY [flags]`` or ``--study FILE.yaml``: run (or ``--resume``)
+    a study."""
+    from sweeps.study import study_names
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--study"] and len(argv) > 1:
+        argv = argv[1:]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: robust-sweeps sweep STUDY|--study FILE.yaml [--smoke] [--resume] "
+              f"[flags]\n\nRun a study's sweep on Ray (Optuna proposes, ASHA stops, MLflow "
+              f"records).\nstudies: {', '.join(study_names())}, or a study file (see "
+              f"sweeps/studies/)\n`robust-sweeps sweep STUDY --help` lists the flags.")
+        return 0
+    return run_study(argv[0], argv[1:])

@@ -12,21 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or a Ray job
 
-from sweeps.cli import main  # noqa: E402
-from sweeps.spec import SweepSpec  # noqa: E402
-from trainables.defenses import preset  # noqa: E402
-
-SPEC = SweepSpec(
-    name="emr-wrn-34-10-cifar10",
-    base={**preset("emr", "wrn34_10_at"), "val_subset": 1000, "bf16": True},
-    num_samples=32, max_concurrent=4, cpus_per_trial=4, gpus_per_trial=1.0, grace_period=10,
-    reduction_factor=3,
-)
-
-
-def run(argv: list[str] | None = None) -> int:
-    return main(SPEC, __doc__, argv, prog="robust-sweeps sweep emr_wrn")
-
+from sweeps.cli import run_study  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(run_study("emr_wrn"))

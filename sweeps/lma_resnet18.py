@@ -10,21 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or a Ray job
 
-from sweeps.cli import main  # noqa: E402
-from sweeps.spec import SweepSpec  # noqa: E402
-from trainables.defenses import preset  # noqa: E402
-
-SPEC = SweepSpec(
-    name="lma-at-resnet18-cifar10",
-    base={**preset("lma_at", "cifar10_resnet18"), "val_subset": 1000, "bf16": True},
-    num_samples=32, max_concurrent=4, cpus_per_trial=4, gpus_per_trial=0.5, grace_period=15,
-    reduction_factor=3,
-)
-
-
-def run(argv: list[str] | None = None) -> int:
-    return main(SPEC, __doc__, argv, prog="robust-sweeps sweep lma_resnet18")
-
+from sweeps.cli import run_study  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(run_study("lma_resnet18"))

@@ -4,7 +4,6 @@ they run, for tests/test_docker.py and tests/test_kuberay.py."""
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import re
 import runpy
@@ -160,9 +159,11 @@ def entrypoint(source: str) -> list[str]:
 
 def parse_sweep(script: str, args: list[str], monkeypatch) -> dict:
     from sweeps.cli import parse_args, spec_from_args
+    from sweeps.study import load_study
 
-    module = importlib.import_module(f"sweeps.{Path(script).stem}")
-    spec = spec_from_args(module.SPEC, parse_args(module.__doc__, args)).resolved()
+    study = load_study(Path(script).stem)
+    spec = spec_from_args(study.spec, parse_args(study.description, args),
+                          study.smoke_base).resolved()
     return {"kind": "sweep", "tracking_uri": spec.tracking_uri, "storage": spec.storage_path,
             "optuna_storage": spec.optuna_storage, "gpus": spec.gpus_per_trial,
             "defense": spec.config.defense}

@@ -175,12 +175,17 @@ def test_a_lost_worker_node_does_not_lose_trials(tmp_path):
 
 
 def test_tracking_server_outage_loses_nothing(tmp_path):
+    """Run through the console script on a user's own study file (a YAML study)."""
+    study = tmp_path / "my_emr.yaml"
+    study.write_text((ROOT / "sweeps" / "studies" / "emr_wrn.yaml").read_text()
+                     .replace("name: emr-wrn-34-10-cifar10", "name: my-emr"))
     server = MlflowServer(tmp_path / "mlflow")
     server.start()
     try:
         env = {"ROBUST_SWEEPS_HOME": str(tmp_path)}
-        driver = spawn([str(BIN / "python"), *SMOKE, "--samples", "4", "--tracking-uri",
-                        server.uri, "--epochs", "4", "--set", "train_subset=2000"],
+        driver = spawn([str(BIN / "robust-sweeps"), "sweep", "--study", str(study), "--smoke",
+                        "--samples", "4", "--tracking-uri", server.uri, "--epochs", "4",
+                        "--set", "train_subset=2000"],
                        tmp_path / "driver.log", env)
         wait_for(lambda: trial_runs(server.uri)[1], timeout_s=600, what="a first trial run")
         server.stop()
