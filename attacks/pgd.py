@@ -95,12 +95,15 @@ def ascend(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *
            random_start: str = "uniform", generator: torch.Generator | None = None,
            gaussian_std: float = 0.001) -> torch.Tensor:
     """Projected steepest ascent on a scalar ``objective(x_adv)`` whose per-example parts are
-    independent (a sum or mean of per-example terms), from ``random_start``."""
+    independent (a sum or mean of per-example terms), from ``random_start``. An objective that
+    does not depend on ``x_adv`` (a defense that attacks none of these points) leaves the
+    points where they started."""
     x_adv = random_start_point(x, epsilon, norm, random_start, generator, gaussian_std)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         with torch.enable_grad():
-            (grad,) = torch.autograd.grad(objective(x_adv), x_adv)
+            (grad,) = torch.autograd.grad(objective(x_adv), x_adv, allow_unused=True,
+                                          materialize_grads=True)
         with torch.no_grad():
             if norm == "linf":
                 step = grad.sign()

@@ -165,7 +165,9 @@ def _adaptive(*, epsilon: float, defense: str, defense_params: dict | None = Non
               steps: int = 100, step_size: float | None = None, norm: str = "linf",
               seed: int = 0) -> Attack:
     """PGD on the defense's own objective: its declared adaptive loss (HE: the margin CE on
-    s·cosθ), else its whole training loss ``defense.loss(model, x, y, x_adv)``."""
+    s·cosθ), else its training objective at the attacked point
+    (``defense.adaptive_objective``), with a fresh state for defenses with memory (LMA's
+    logit averages, SMD's per-example margins) over the attacked points."""
     from trainables.defenses import create_defense
     from trainables.defenses.base import AttackSettings
 
@@ -183,8 +185,14 @@ def _adaptive(*, epsilon: float, defense: str, defense_params: dict | None = Non
             return AttackOutput(pgd(model, x, y, epsilon=epsilon, steps=steps, norm=norm,
                                     step_size=step_size, loss=declared(), generator=generator))
 
+        with torch.no_grad():
+            num_classes = model(x[:1]).shape[1]
+        state = chosen.init_state(num_examples=len(x), batch_size=len(x),
+                                  num_classes=num_classes, epochs=1)
+        ids = torch.arange(len(x), device=x.device)
+
         def objective(x_adv):
-            return chosen.loss(model, x, y, x_adv, None, ids=None)[0]
+            return chosen.adaptive_objective(model, x, y, x_adv, state, ids=ids)
 
         return AttackOutput(ascend(objective, x, epsilon=epsilon, steps=steps,
                                    step_size=step_size, norm=norm, generator=generator))

@@ -116,6 +116,8 @@ class AverageMarginRegularizer(Defense):
     """Cross-entropy on clean inputs, minus λ times the truncated feature-space average margin,
     plus β times the orthogonality penalty (Eq. 8 / 15)."""
 
+    clean_training = True
+
     @dataclass(frozen=True)
     class Params:
         lambda_margin: float = knob(0.1, low=0.0, high=100.0,

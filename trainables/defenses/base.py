@@ -139,6 +139,7 @@ class Defense:
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     replays: ClassVar[int] = 1  # iterations per minibatch (free adversarial training: m)
     uses_training_epsilon: ClassVar[bool] = True  # False: the defense sets its own radii (SMD)
+    clean_training: ClassVar[bool] = False  # True: no inner maximisation (standard, AMR)
 
     # -- inner maximisation ------------------------------------------------------------
     def pgd(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss="ce") -> torch.Tensor:
@@ -163,6 +164,15 @@ class Defense:
         """Loss, metrics and the next state; memoryless defenses keep ``state`` as it is."""
         loss, metrics = self.loss(model, x, y, x_adv, state, ids=ids)
         return StepOutput(loss, metrics, state)
+
+    def adaptive_objective(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                           x_adv: torch.Tensor, state: Any = None, *,
+                           ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The training objective as a function of the attacked input ``x_adv``, which the
+        adaptive attack ascends: the outer loss with ``x_adv`` as the training attack's point,
+        or, for defenses trained on clean inputs only, the loss at ``x_adv`` itself."""
+        point = x_adv if self.clean_training else x
+        return self.loss(model, point, y, x_adv, state, ids=ids)[0]
 
     def after_backward(self, state: Any, x_adv: torch.Tensor) -> Any:
         """Next state once ``loss.backward()`` has run (``x_adv.grad`` set if it needed one)."""

@@ -299,6 +299,14 @@ class SelfAdaptiveMarginDefense(Defense):
     def loss(self, model, x, y, x_adv, state=None, *, ids=None):
         return self.step(model, x, y, x_adv, state, ids=ids)[:2]
 
+    def adaptive_objective(self, model, x, y, x_adv, state=None, *, ids=None):
+        """L = (L₀ + L₁)/2 at ``x_adv``, on the batch's exploration record (which points SMD
+        attacks: the clean-correct ones), explored once from the state's margins."""
+        self._require(state, ids)
+        if state.pending is None or not torch.equal(state.pending.ids.to(ids.device), ids):
+            self.perturb(model, x, y, state, ids=ids)
+        return self.step(model, x, y, x_adv, state, ids=ids).loss
+
     def step(self, model, x, y, x_adv, state=None, *, ids=None) -> StepOutput:
         """L = (L₀ + L₁)/2 and the next state with the batch's margins expanded or reset."""
         self._require(state, ids)

@@ -10,6 +10,8 @@ from trainables.defenses.base import Defense, accuracy
 
 @register_defense("standard")
 class StandardTraining(Defense):
+    clean_training = True
+
     def perturb(self, model, x, y, state=None, *, ids=None):
         return x
 
