@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from trainables.defenses import register_defense
 from trainables.defenses.base import Defense, accuracy, knob
@@ -48,8 +47,8 @@ class AdversarialLogitPairing(Defense):
     def loss(self, model, x, y, x_adv, state=None, *, ids=None):
         logits = model(x)
         logits_adv = model(x_adv)
-        natural = F.cross_entropy(logits, y)
-        adversarial = F.cross_entropy(logits_adv, y)
+        natural = self.cross_entropy(logits, y)
+        adversarial = self.cross_entropy(logits_adv, y)
         pairing = logit_pairing(logits, logits_adv)
         loss = (_CLEAN_WEIGHT * natural + (1.0 - _CLEAN_WEIGHT) * adversarial
                 + self.params.lambda_alp * pairing)

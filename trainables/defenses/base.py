@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attacks.pgd import RANDOM_STARTS, pgd
@@ -132,6 +134,10 @@ class Defense:
 
     params: Any
     attack: AttackSettings
+    # what a composing defense does to the logits of the label cross-entropy terms (HE's
+    # additive angular margin); None: nothing. Set by the composite, never a knob.
+    label_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = field(
+        default=None, repr=False, compare=False)
 
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
@@ -154,6 +160,13 @@ class Defense:
         return self.pgd(model, x, y)
 
     # -- outer minimisation --------------------------------------------------------------
+    def cross_entropy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy on the labels, as every loss term on the labels computes it: on
+        ``label_logits(logits, y)`` when a composing defense set that transform."""
+        if self.label_logits is not None:
+            logits = self.label_logits(logits, y)
+        return F.cross_entropy(logits, y)
+
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
              state: Any = None, *, ids: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, dict[str, float]]:

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from attacks.pgd import pgd
 from trainables.defenses import register_defense
@@ -34,9 +33,9 @@ _WONG_CIFAR10 = {"epochs": 15, "lr": 0.2, "schedule": "cosine", "batch_size": 12
                  "weight_decay": 5e-4}
 
 
-def _cross_entropy_on(model, x_adv, y):
+def _cross_entropy_on(defense: Defense, model, x_adv, y):
     logits_adv = model(x_adv)
-    loss = F.cross_entropy(logits_adv, y)
+    loss = defense.cross_entropy(logits_adv, y)
     return loss, {"loss": loss.item(), "adversarial_accuracy": accuracy(logits_adv, y)}
 
 
@@ -59,7 +58,7 @@ class FastAdversarialTraining(Defense):
                    random_start=a.random_start or self.default_random_start, mode="eval")
 
     def loss(self, model, x, y, x_adv, state=None, *, ids=None):
-        return _cross_entropy_on(model, x_adv, y)
+        return _cross_entropy_on(self, model, x_adv, y)
 
     @classmethod
     def search_space(cls, trial):
@@ -129,7 +128,7 @@ class FreeAdversarialTraining(Defense):
         return (x.detach() + delta).clamp(0.0, 1.0).requires_grad_(True)
 
     def loss(self, model, x, y, x_adv, state=None, *, ids=None):
-        return _cross_entropy_on(model, x_adv, y)
+        return _cross_entropy_on(self, model, x_adv, y)
 
     def step(self, model, x, y, x_adv, state=None, *, ids=None):
         loss, metrics = self.loss(model, x, y, x_adv)

@@ -17,13 +17,14 @@ normalised head *without* margin, i.e. the base's own attack on the logits s·co
 * TRADES+HE: L^m_CE(f̃(x), y) + β·KL(f̃(x) ‖ f̃(x*)): margin on the clean CE only; the KL
   (and its attack) use the un-margined s·cosθ logits, as in the authors' code (``s * model(x)``).
 
-For bases whose training loss is a sum of CE terms on logits (and, for ALP, a function of logit
-differences between clean and adversarial inputs), the base's own ``step`` runs on a view of the
-model whose forward returns the margin logits for the batch's labels; TRADES is written out.
-FreeAT reuses the training gradient for its perturbation, so its perturbation ascends the
-margin loss, as in the authors' ImageNet FreeAT+HE code. For a CE objective this changes no
-step: the margin moves p_y alone, so each example's input gradient is only rescaled by a
-positive factor (sign and L2-normalised steps are the same); for TRADES' KL attack it would not.
+HE composes with its base through the base's ``label_logits``: every framework computes its
+cross-entropy terms on the labels with ``Defense.cross_entropy``, which HE points at the margin
+logits, while the KL, the pairing, the accuracies and the attacks see s·cosθ. No framework is
+special-cased: the table above is what that one rule gives. FreeAT reuses the training gradient
+for its perturbation, so its perturbation ascends the margin loss, as in the authors' ImageNet
+FreeAT+HE code. For a CE objective this changes no step: the margin moves p_y alone, so each
+example's input gradient is only rescaled by a positive factor (sign and L2-normalised steps
+are the same); for TRADES' KL attack it would not.
 
 The evaluation logits are s·cosθ (−s·θ for m-HE); ``adaptive_attack_loss`` gives the training
 loss (with s and m) as a PGD objective for the paper's adaptive attack (Sec. 4.1).
@@ -31,6 +32,8 @@ loss (with s and m) as a PGD objective for the paper's adaptive attack (Sec. 4.1
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -39,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.defenses import defense_class, register_defense
-from trainables.defenses.base import StepOutput, accuracy, knob
+from trainables.defenses.base import Defense, knob
 from trainables.defenses.composed import ComposedDefense
 
 BASES = ("pgd_at", "alp", "trades", "fast_at", "free_at")
@@ -104,44 +107,6 @@ def margin_cross_entropy(shift: float):
     """Per-example L^m_CE as a PGD loss callable (logits, y) -> loss."""
     return lambda logits, y: F.cross_entropy(margin_logits(logits, y, shift), y,
                                              reduction="none")
-
-
-class _MarginView(nn.Module):
-    """The model as the base's training loss sees it: margin logits for the labels ``y``.
-
-    Keeps the un-margined logits of every call so accuracies are reported without margin.
-    """
-
-    def __init__(self, model: nn.Module, y: torch.Tensor, shift: float) -> None:
-        super().__init__()
-        self.model, self.y, self.shift = model, y, shift
-        self.training = model.training
-        self.records: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] != self.y.shape[0]:
-            raise ValueError(f"HE's margin view got a batch of {x.shape[0]} for "
-                             f"{self.y.shape[0]} labels")
-        logits = self.model(x)
-        self.records.append((x, logits.detach()))
-        return margin_logits(logits, self.y, self.shift)
-
-
-def _unmargined_accuracies(view: _MarginView, x, x_adv, metrics: dict[str, float]) -> None:
-    keys = [k for k in ("train_accuracy", "adversarial_accuracy") if k in metrics]
-    found = {}
-    for inputs, logits in view.records:
-        key = ("train_accuracy" if inputs is x else
-               "adversarial_accuracy" if inputs is x_adv else None)
-        if key is not None:
-            found[key] = accuracy(logits, view.y)
-    if not found and len(keys) == 1 and len(view.records) == 1:
-        found[keys[0]] = accuracy(view.records[0][1], view.y)
-    for key in keys:  # an accuracy on margin logits would understate the model's
-        if key in found:
-            metrics[key] = found[key]
-        else:
-            del metrics[key]
 
 
 @register_defense("he")
@@ -215,25 +180,11 @@ class HypersphereEmbedding(ComposedDefense):
         """The training loss L^m_CE (with s and m) as a per-example PGD objective."""
         return margin_cross_entropy(self.shift)
 
-    def step(self, model, x, y, x_adv, state=None, *, ids=None) -> StepOutput:
-        if self.params.he_base == "trades":
-            loss, metrics = self._trades_loss(model, x, y, x_adv)
-            return StepOutput(loss, metrics, state)
-        view = _MarginView(model, y, self.shift)
-        loss, metrics, state = self.base.step(view, x, y, x_adv, state, ids=ids)
-        metrics = dict(metrics)
-        _unmargined_accuracies(view, x, x_adv, metrics)
-        return StepOutput(loss, metrics, state)
-
-    def _trades_loss(self, model, x, y, x_adv):
-        logits, logits_adv = model(x), model(x_adv)
-        natural = F.cross_entropy(margin_logits(logits, y, self.shift), y)
-        robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1),
-                          reduction="batchmean")
-        loss = natural + self.base.params.beta * robust
-        return loss, {"loss": loss.item(), "natural_loss": natural.item(),
-                      "robust_loss": robust.item(), "train_accuracy": accuracy(logits, y),
-                      "adversarial_accuracy": accuracy(logits_adv, y)}
+    def build_base(self) -> Defense:
+        """The framework, its label cross-entropy terms on the margin logits (Eq. 6)."""
+        base = super().build_base()
+        return dataclasses.replace(base, label_logits=functools.partial(margin_logits,
+                                                                        shift=self.shift))
 
     # -- search ------------------------------------------------------------------------------
     @classmethod

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from trainables.defenses import register_defense
 from trainables.defenses.base import Defense, accuracy
 
@@ -17,5 +15,5 @@ class PGDAdversarialTraining(Defense):
 
     def loss(self, model, x, y, x_adv, state=None, *, ids=None):
         logits_adv = model(x_adv)
-        loss = F.cross_entropy(logits_adv, y)
+        loss = self.cross_entropy(logits_adv, y)
         return loss, {"loss": loss.item(), "adversarial_accuracy": accuracy(logits_adv, y)}

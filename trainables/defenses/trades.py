@@ -47,7 +47,7 @@ class TRADES(Defense):
     def loss(self, model, x, y, x_adv, state=None, *, ids=None):
         logits = model(x)
         logits_adv = model(x_adv)
-        natural = F.cross_entropy(logits, y)
+        natural = self.cross_entropy(logits, y)
         robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1),
                           reduction="batchmean")
         loss = natural + self.params.beta * robust
