@@ -18,9 +18,10 @@ study ahead of the snapshot in exactly two ways, and ``Tuner.restore`` brings ba
   resumes it from its newest checkpoint (its last one, or close to it); Optuna refuses any
   update to a finished trial (``UpdateFinishedTrialError``), so whatever the trial reports
   again is not sent. The study keeps the trial's first completion.
-* **asked ahead**: the study has trials asked for (RUNNING) that the snapshot never saw. Tune
-  will create as many new trials as it lost; each adopts one of those Optuna trials, with the
-  parameters already drawn, instead of asking for another. The study ends with exactly
+* **asked ahead**: the study has trials that the snapshot never saw (asked for after it, still
+  running or even finished). Tune will create as many new trials as it lost; each adopts one of
+  those Optuna trials, with the parameters already drawn, instead of asking for another (one
+  already finished is trained again and not reported again). The study ends with exactly
   ``num_samples`` trials and nothing left RUNNING.
 
 Every suggestion carries the Optuna trial number (``trial_number``), the trial's identity in
@@ -62,8 +63,9 @@ class ResumableOptunaSearch(OptunaSearch):
 
     def reconcile(self) -> None:
         """Align the restored state with the study: trials the study has finished count as
-        completed here, and RUNNING trials that no restored Tune trial holds are adopted by
-        the next suggestions, oldest first."""
+        completed here, and trials that no restored Tune trial holds (asked after the last
+        snapshot, running or already finished) are taken over by the next suggestions,
+        oldest first."""
         storage = self._ot_study._storage
         held = {trial._trial_id for trial in self._ot_trials.values()}
         for tune_id, trial in self._ot_trials.items():
@@ -72,17 +74,20 @@ class ResumableOptunaSearch(OptunaSearch):
                     log.info("trial %s (Optuna #%d) finished before the driver stopped; its "
                              "replay is not reported again", tune_id, trial.number)
                 self._completed_trials.add(tune_id)
-        running = self._ot_study.get_trials(deepcopy=False,
-                                            states=(optuna.trial.TrialState.RUNNING,))
-        self._adoptable = sorted(t._trial_id for t in running if t._trial_id not in held)
+        lost = [t for t in self._ot_study.get_trials(deepcopy=False) if t._trial_id not in held]
+        self._adoptable = [t._trial_id for t in sorted(lost, key=lambda t: t.number)]
         if self._adoptable:
             log.info("%d Optuna trials were asked for after the last snapshot; new trials "
                      "adopt them", len(self._adoptable))
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if trial_id not in self._ot_trials and self._adoptable:
-            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study,
-                                                           self._adoptable.pop(0))
+            adopted = optuna.trial.Trial(self._ot_study, self._adoptable.pop(0))
+            self._ot_trials[trial_id] = adopted
+            if self._ot_study._storage.get_trial(adopted._trial_id).state.is_finished():
+                # finished after the snapshot: trained again (its numbers already recorded,
+                # MLflow keeps each epoch once), never reported again
+                self._completed_trials.add(trial_id)
         config = super().suggest(trial_id)
         if config is None:
             return None

@@ -113,3 +113,21 @@ def test_a_sweep_started_again_before_any_snapshot_adopts_the_trials_begun(tmp_p
     (tmp_path / "ray_results" / "s").mkdir(parents=True)
     (tmp_path / "ray_results" / "s" / "experiment_state-2026-12-04_10-00-00.json").write_text("{}")
     assert has_snapshot(str(tmp_path / "ray_results" / "s"))
+
+
+def test_a_trial_asked_and_finished_after_the_snapshot_is_adopted_and_not_reported(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = searcher(storage)
+    first.suggest("a")
+    snapshot = str(tmp_path / "searcher.pkl")
+    first.save(snapshot)
+    lost = first.suggest("b")  # asked after the snapshot ...
+    first.on_trial_complete("b", {"score": 0.8, "training_iteration": 1})  # ... and finished
+    restored = searcher(storage)
+    restored.restore(snapshot)
+    again = restored.suggest("c")
+    assert again == lost  # same Optuna trial, same parameters
+    restored.on_trial_result("c", {"score": 0.1, "training_iteration": 1})  # the retraining
+    restored.on_trial_complete("c", {"score": 0.1, "training_iteration": 1})
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert len(study.trials) == 2 and study.trials[1].value == 0.8
