@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 HOME_ENV = "ROBUST_SWEEPS_HOME"
@@ -28,3 +30,29 @@ def code_version() -> str:
                               text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def create_sqlite_store(uri: str, initialize: Callable[[str], object]) -> None:
+    """Create the sqlite database behind ``uri`` whole or not at all.
+
+    MLflow and Optuna build their tables in several steps; a process killed among them leaves a
+    database neither can open again (``table ... already exists``). A missing database is built
+    in a temporary file beside it by ``initialize(temporary_uri)``, then renamed into place.
+    Other URIs (a server, PostgreSQL) and existing files are left alone.
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return
+    path = Path(uri[len(prefix):])
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.unlink(staging)  # the store creates its own file
+    try:
+        initialize(f"{prefix}{staging}")
+        if not path.exists():  # another driver may have made it meanwhile
+            os.replace(staging, path)
+    finally:
+        Path(staging).unlink(missing_ok=True)

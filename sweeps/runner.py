@@ -24,7 +24,7 @@ from dashboards.runs import (
     flatten,
     search_all,
 )
-from sweeps.environment import code_version
+from sweeps.environment import code_version, create_sqlite_store
 from sweeps.resume import ResumableASHA, ResumableFIFO, ResumableOptunaSearch, has_snapshot
 from sweeps.samplers import create_sampler
 from sweeps.spec import SweepSpec
@@ -88,8 +88,16 @@ def parent_run(spec: SweepSpec) -> str:
     return run_id
 
 
+def create_stores(spec: SweepSpec) -> None:
+    """The sweep's sqlite stores (MLflow, Optuna), each created whole or not at all."""
+    create_sqlite_store(spec.tracking_uri, lambda uri: Tracking(uri, spec.experiment,
+                                                                spec.artifact_location))
+    create_sqlite_store(spec.optuna_storage, optuna.storages.RDBStorage)
+
+
 def build_tuner(spec: SweepSpec, *, resume: bool = False) -> tune.Tuner:
     spec = spec.resolved()
+    create_stores(spec)
     trainable = tune.with_resources(train_trial, {"cpu": spec.cpus_per_trial,
                                                   "gpu": spec.gpus_per_trial})
     experiment_dir = f"{spec.storage_path.rstrip('/')}/{spec.name}"  # a path or a URI

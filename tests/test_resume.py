@@ -131,3 +131,26 @@ def test_a_trial_asked_and_finished_after_the_snapshot_is_adopted_and_not_report
     restored.on_trial_complete("c", {"score": 0.1, "training_iteration": 1})
     study = optuna.load_study(study_name="s", storage=storage)
     assert len(study.trials) == 2 and study.trials[1].value == 0.8
+
+
+def test_a_store_cut_short_while_being_created_is_never_left_in_place(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.environment import create_sqlite_store
+
+    uri = f"sqlite:///{tmp_path / 'stores' / 'mlflow.db'}"
+
+    def dies_halfway(staging_uri):
+        MlflowClient(staging_uri).search_experiments()  # tables made ...
+        raise KeyboardInterrupt  # ... and the process stops before the rename
+
+    with pytest.raises(KeyboardInterrupt):
+        create_sqlite_store(uri, dies_halfway)
+    assert not (tmp_path / "stores" / "mlflow.db").exists()
+    assert not list((tmp_path / "stores").glob("*.tmp"))
+    create_sqlite_store(uri, lambda staging: MlflowClient(staging).create_experiment("sweeps"))
+    assert MlflowClient(uri).get_experiment_by_name("sweeps") is not None
+    create_sqlite_store(uri, lambda staging: pytest.fail("an existing store is rebuilt"))
+    optuna_uri = f"sqlite:///{tmp_path / 'stores' / 'optuna.db'}"
+    create_sqlite_store(optuna_uri, optuna.storages.RDBStorage)
+    optuna.create_study(study_name="s", storage=optuna_uri)
