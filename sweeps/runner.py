@@ -112,10 +112,8 @@ def build_tuner(spec: SweepSpec, *, resume: bool = False) -> tune.Tuner:
         return tune.Tuner.restore(experiment_dir, trainable, resume_unfinished=True,
                                   resume_errored=True, param_space=param_space)
     if resume:  # the driver died before Tune's first snapshot: start again, adopting its trials
-        if not study_exists(spec):
-            raise FileNotFoundError(f"nothing to resume at {experiment_dir}")
-        print(f"sweep {spec.name}: no snapshot in {experiment_dir} yet; starting it again",
-              file=sys.stderr)
+        print(f"sweep {spec.name}: no snapshot in {experiment_dir} yet; starting it "
+              f"{'again' if study_exists(spec) else 'from the beginning'}", file=sys.stderr)
     scheduler = ResumableFIFO()
     if spec.early_stopping:
         scheduler = ResumableASHA(metric=OBJECTIVE, mode="max", max_t=spec.config.epochs,

@@ -57,10 +57,16 @@ def test_ray_job_submit_runs_the_smoke_sweep(tmp_path):
         head.wait_until_up(nodes=1)
         env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_API_SERVER_ADDRESS": head.dashboard_url}
         runtime_env = json.dumps({"env_vars": {"ROBUST_SWEEPS_HOME": str(tmp_path / "home")}})
-        result = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--working-dir", ".", "--runtime-env-json",
-             runtime_env, "--", str(BIN / "python"), *SMOKE, "--samples", "2", "--epochs", "1"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        submit = [str(BIN / "ray"), "job", "submit", "--working-dir", ".", "--runtime-env-json",
+                  runtime_env, "--", str(BIN / "python"), *SMOKE, "--samples", "2", "--epochs",
+                  "1"]
+        deadline = time.monotonic() + 120
+        while True:  # the head's job agent registers a few seconds after the node is up
+            result = subprocess.run(submit, cwd=ROOT, env=env, capture_output=True, text=True,
+                                    timeout=600)
+            if "No available agent" not in result.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(3)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "succeeded" in result.stdout + result.stderr
         log = tmp_path / "job.log"
