@@ -51,9 +51,10 @@ class ResumableOptunaSearch(OptunaSearch):
 
     def __init__(self, *args, adopt_running: bool = False, **kwargs) -> None:
         """``adopt_running``: a sweep started again after its driver died before Tune's first
-        snapshot; the study's RUNNING trials are taken over by the first suggestions."""
+        snapshot; the study's trials (running or finished) are taken over by the first
+        suggestions."""
         super().__init__(*args, **kwargs)
-        self._adoptable: list[int] = []  # storage ids of RUNNING trials no Tune trial holds
+        self._adoptable: list[int] = []  # storage ids of Optuna trials no Tune trial holds
         if adopt_running:
             self.reconcile()
 
@@ -84,7 +85,7 @@ class ResumableOptunaSearch(OptunaSearch):
         if trial_id not in self._ot_trials and self._adoptable:
             adopted = optuna.trial.Trial(self._ot_study, self._adoptable.pop(0))
             self._ot_trials[trial_id] = adopted
-            if self._ot_study._storage.get_trial(adopted._trial_id).state.is_finished():
+            if adopted._cached_frozen_trial.state.is_finished():
                 # finished after the snapshot: trained again (its numbers already recorded,
                 # MLflow keeps each epoch once), never reported again
                 self._completed_trials.add(trial_id)
