@@ -190,10 +190,7 @@ def _adaptive(*, epsilon: float, defense: str, defense_params: dict | None = Non
         state = chosen.init_state(num_examples=len(x), batch_size=len(x),
                                   num_classes=num_classes, epochs=1)
         ids = torch.arange(len(x), device=x.device)
-
-        def objective(x_adv):
-            return chosen.adaptive_objective(model, x, y, x_adv, state, ids=ids)
-
+        objective = chosen.adaptive_objective(model, x, y, state, ids=ids)
         return AttackOutput(ascend(objective, x, epsilon=epsilon, steps=steps,
                                    step_size=step_size, norm=norm, generator=generator))
 

@@ -32,7 +32,7 @@ def test_the_adaptive_attack_raises_every_defense_objective(name, trained_mlp, m
                                    epochs=1)
         ids = torch.arange(len(x))
         with torch.no_grad():
-            return defense.adaptive_objective(model, x, y, point, state, ids=ids).item()
+            return defense.adaptive_objective(model, x, y, state, ids=ids)(point).item()
 
     if attack.settings["objective"] == "training loss":
         assert objective(x_adv) > objective(x), name

@@ -14,6 +14,7 @@ from trainables.defenses import (
     defense_class,
     list_defenses,
 )
+from trainables.defenses.base import Defense, input_of
 from trainables.models import create_model
 
 ATTACK = AttackSettings(epsilon=0.1, steps=3, step_size=0.05)
@@ -90,17 +91,18 @@ def test_every_defense_trains_a_step(name, mnist_test_slice):
     defense = create_defense(name, attack=ATTACK)
     model = defense.model_hook(model)
     state = defense.init_state(num_examples=60_000, batch_size=32, num_classes=10, epochs=1)
-    x_adv = defense.perturb(model, x, y, state, ids=torch.arange(32))
+    point = defense.perturb(model, x, y, state, ids=torch.arange(32))
+    x_adv = input_of(point)
     assert x_adv.shape == x.shape and 0 <= x_adv.min() and x_adv.max() <= 1
     if defense.uses_training_epsilon:
         assert (x_adv - x).abs().max() <= ATTACK.epsilon + 1e-6
     model.train()
-    loss, metrics, state = defense.step(model, x, y, x_adv, state, ids=torch.arange(32))
+    loss, metrics, state = defense.step(model, x, y, point, state, ids=torch.arange(32))
     assert loss.dim() == 0 and torch.isfinite(loss)
     assert all(isinstance(v, float) for v in metrics.values())
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
-    defense.after_backward(state, x_adv)
+    defense.after_backward(state, point)
 
 
 @pytest.mark.parametrize("name", list_defenses())
@@ -113,3 +115,29 @@ def test_search_space_and_presets_give_valid_configs(name):
         assert config.defense == name
     for preset in cls.presets.values():
         TrialConfig.from_dict({"defense": name, **preset})
+
+
+def test_step_is_the_contract_loss_cannot_be_overridden():
+    with pytest.raises(TypeError, match="implements step"):
+        class _Both(Defense):
+            def loss(self, model, x, y, x_adv, state=None, *, ids=None):
+                return x.sum(), {}
+
+
+@pytest.mark.parametrize("name", list_defenses())
+def test_perturb_leaves_the_state_as_it_was(name, mnist_test_slice):
+    x, y = mnist_test_slice[0][:16], mnist_test_slice[1][:16]
+    torch.manual_seed(0)
+    defense = create_defense(name, attack=ATTACK)
+    model = defense.model_hook(create_model("mlp", in_channels=1, image_size=28, hidden=32,
+                                            layers=2))
+    state = defense.init_state(num_examples=64, batch_size=16, num_classes=10, epochs=1)
+    before = None if state is None else {k: (v.clone() if torch.is_tensor(v) else v)
+                                         for k, v in state.state_dict().items()}
+    defense.perturb(model, x, y, state, ids=torch.arange(16))
+    if state is not None:
+        after = state.state_dict()
+        assert set(after) == set(before)
+        for key, value in after.items():
+            assert (torch.equal(value, before[key]) if torch.is_tensor(value)
+                    else value == before[key]), (name, key)

@@ -195,13 +195,9 @@ class FakeReweighted(Defense):
     def init_state(self, *, num_examples, batch_size, num_classes, epochs):
         return {"steps": 0}
 
-    def loss(self, model, x, y, x_adv, state=None, *, ids=None):
-        loss = self.params.slope * nn.functional.cross_entropy(model(x_adv), y)
-        return loss, {"loss": loss.item()}
-
     def step(self, model, x, y, x_adv, state=None, *, ids=None):
-        loss, metrics = self.loss(model, x, y, x_adv, state)
-        return loss, metrics, {"steps": state["steps"] + 1}
+        loss = self.params.slope * nn.functional.cross_entropy(model(x_adv), y)
+        return loss, {"loss": loss.item()}, {"steps": (state or {"steps": 0})["steps"] + 1}
 
     def after_backward(self, state, x_adv):
         return {**state, "after": True}

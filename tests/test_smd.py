@@ -16,6 +16,7 @@ from linear import linear_model, saved_and_loaded, softmax
 from trainables.defenses import AttackSettings, create_defense
 from trainables.defenses.smd import (
     ExplorationRecord,
+    Explored,
     SMDState,
     exploration_pgd,
     export_margins,
@@ -140,8 +141,11 @@ def test_epgd_multiclass_linear_bisection_and_gradient_norm():
     state.levels[ids] = torch.from_numpy(radius * 255).float()
     radius = state.levels[ids].double().numpy() / 255  # what the state holds, in float32
     model = linear_model(W, b)
-    x_adv = defense.perturb(model, torch.from_numpy(x), torch.from_numpy(y), state,
-                            ids=ids).numpy()
+    before = state.state_dict()
+    explored = defense.perturb(model, torch.from_numpy(x), torch.from_numpy(y), state, ids=ids)
+    x_adv = explored.x_adv.numpy()
+    assert all(torch.equal(v, before[key]) if torch.is_tensor(v) else v == before[key]
+               for key, v in state.state_dict().items())  # perturb leaves the state alone
     x_end, counter = numpy_epgd(W, b, x, y, radius)
     t_star = crossing_fraction(W, b, x, x_end, y)
     crossed = np.isfinite(t_star)
@@ -152,7 +156,7 @@ def test_epgd_multiclass_linear_bisection_and_gradient_norm():
     assert np.all(t[crossed[moved]] >= t_star[moved][crossed[moved]] - 1 / 1024)
     assert np.all(t[~crossed[moved]] == 1.0)  # a correctly classified x_K is kept
     assert np.array_equal(x_adv[~moved], x[~moved])
-    record = state.pending
+    record = explored.record
     assert torch.equal(record.ids, ids) and bool(record.attacked.all())
     assert np.array_equal(record.kept.numpy(), ~counter)
     # Eq. 14's h(|∇ₓ̃ CE|) with the L∞ norm of the threat model, at the returned x̃
@@ -190,14 +194,14 @@ def test_epgd_stays_in_each_examples_own_ball(norm, trained_mlp, mnist_test_slic
     generator = torch.Generator().manual_seed(1)
     ids = torch.randperm(1000, generator=generator)[:64]
     state.levels[ids] = torch.randint(0, 40, (64,), generator=generator).float()
-    x_adv = defense.perturb(trained_mlp, x, y, state, ids=ids)
+    x_adv, record = defense.perturb(trained_mlp, x, y, state, ids=ids)
     unit = (1.0 if norm == "linf" else math.sqrt(784)) / 255
     radius = state.levels[ids].double() * unit
     delta = (x_adv - x).flatten(1).double()
     size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
     assert bool((size <= radius + 1e-5).all())
     assert x_adv.min() >= 0 and x_adv.max() <= 1
-    attacked = state.pending.attacked
+    attacked = record.attacked
     with torch.no_grad():
         assert torch.equal(trained_mlp(x).argmax(1) == y, attacked)
         assert bool((trained_mlp(x_adv[attacked]).argmax(1) == y[attacked]).all())
@@ -244,10 +248,11 @@ def test_step_loss_and_margins_by_hand():
     state.levels[ids] = torch.tensor([0.0, 2.5, 6.0, 13.7, 21.0, 3.0, 40.2, 1.0])
     E = state.levels[ids].double().numpy() / 255
     before = state.state_dict()
-    state.pending = ExplorationRecord(ids, torch.from_numpy(attacked), torch.from_numpy(kept),
-                                      torch.from_numpy(grad_norm).float())
+    record = ExplorationRecord(ids, torch.from_numpy(attacked), torch.from_numpy(kept),
+                               torch.from_numpy(grad_norm).float())
     tx, tx_adv, ty = (torch.from_numpy(a) for a in (x, x_adv, y))
-    loss, metrics, new_state = defense.step(linear_model(W, b), tx, ty, tx_adv, state, ids=ids)
+    loss, metrics, new_state = defense.step(linear_model(W, b), tx, ty, Explored(tx_adv, record),
+                                            state, ids=ids)
 
     rows = np.arange(n)
     ce = lambda z: -np.log(softmax(z)[rows, y])  # noqa: E731
@@ -267,9 +272,10 @@ def test_step_loss_and_margins_by_hand():
     assert all(torch.equal(v, before[key]) if torch.is_tensor(v) else v == before[key]
                for key, v in state.state_dict().items())  # step leaves its input state alone
 
-    state.pending = ExplorationRecord(ids, torch.zeros(n, dtype=torch.bool),
-                                      torch.zeros(n, dtype=torch.bool), torch.zeros(n))
-    loss, _, empty = defense.step(linear_model(W, b), tx, ty, tx, state, ids=ids)
+    nothing = ExplorationRecord(ids, torch.zeros(n, dtype=torch.bool),
+                                torch.zeros(n, dtype=torch.bool), torch.zeros(n))
+    loss, _, empty = defense.step(linear_model(W, b), tx, ty, Explored(tx, nothing), state,
+                                  ids=ids)
     assert abs(loss.item() - clean / 2) / clean < 1e-5  # no Flag1 example: L₁ = 0
     assert torch.equal(empty.margins()[ids], torch.zeros(n, dtype=torch.float64))
 
@@ -294,9 +300,8 @@ def test_state_round_trip_and_id_indexing(trained_mlp, mnist_test_slice):
     state = defense.init_state(num_examples=512, batch_size=32, num_classes=10, epochs=150)
 
     def advance(current):
-        x_adv = defense.perturb(trained_mlp, x, y, current, ids=ids)
-        record = current.pending
-        return x_adv, record, defense.step(trained_mlp, x, y, x_adv, current, ids=ids)[2]
+        explored = defense.perturb(trained_mlp, x, y, current, ids=ids)
+        return (*explored, defense.step(trained_mlp, x, y, explored, current, ids=ids)[2])
 
     x_adv, record, state = advance(state)
     expand = record.attacked & record.kept

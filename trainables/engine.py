@@ -81,15 +81,15 @@ def train_epoch(model: nn.Module, defense, batches: Iterable, optimizer: torch.o
         x, y, ids = x.to(device), y.to(device), ids.to(device)
         for _ in range(defense.replays):
             with _autocast(device, bf16):
-                x_adv = defense.perturb(model, x, y, state, ids=ids)
+                point = defense.perturb(model, x, y, state, ids=ids)
                 with model_mode(model, "train"):
-                    loss, metrics, state = defense.step(model, x, y, x_adv, state, ids=ids)
+                    loss, metrics, state = defense.step(model, x, y, point, state, ids=ids)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at batch {batch}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            state = defense.after_backward(state, x_adv)
+            state = defense.after_backward(state, point)
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value * len(y)
         seen += len(y)

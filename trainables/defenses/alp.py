@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from trainables.defenses import register_defense
-from trainables.defenses.base import Defense, accuracy, knob
+from trainables.defenses.base import Defense, StepOutput, accuracy, knob
 
 _CLEAN_WEIGHT = 0.5  # α in HE's Table 1; the adversarial CE gets 1 − α
 
@@ -44,7 +44,7 @@ class AdversarialLogitPairing(Defense):
                        "defense_params": {"lambda_alp": 0.5}},
     }
 
-    def loss(self, model, x, y, x_adv, state=None, *, ids=None):
+    def step(self, model, x, y, x_adv, state=None, *, ids=None) -> StepOutput:
         logits = model(x)
         logits_adv = model(x_adv)
         natural = self.cross_entropy(logits, y)
@@ -52,10 +52,11 @@ class AdversarialLogitPairing(Defense):
         pairing = logit_pairing(logits, logits_adv)
         loss = (_CLEAN_WEIGHT * natural + (1.0 - _CLEAN_WEIGHT) * adversarial
                 + self.params.lambda_alp * pairing)
-        return loss, {"loss": loss.item(), "natural_loss": natural.item(),
-                      "adversarial_loss": adversarial.item(), "logit_pairing": pairing.item(),
-                      "train_accuracy": accuracy(logits, y),
-                      "adversarial_accuracy": accuracy(logits_adv, y)}
+        metrics = {"loss": loss.item(), "natural_loss": natural.item(),
+                   "adversarial_loss": adversarial.item(), "logit_pairing": pairing.item(),
+                   "train_accuracy": accuracy(logits, y),
+                   "adversarial_accuracy": accuracy(logits_adv, y)}
+        return StepOutput(loss, metrics, state)
 
     @classmethod
     def search_space(cls, trial):

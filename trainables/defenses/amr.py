@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.defenses import register_defense
-from trainables.defenses.base import Defense, accuracy, knob
+from trainables.defenses.base import Defense, StepOutput, accuracy, knob
 
 _PENALISED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -145,7 +145,7 @@ class AverageMarginRegularizer(Defense):
     def perturb(self, model, x, y, state=None, *, ids=None):
         return x
 
-    def loss(self, model, x, y, x_adv, state=None, *, ids=None):
+    def step(self, model, x, y, x_adv, state=None, *, ids=None) -> StepOutput:
         if not (hasattr(model, "features") and isinstance(getattr(model, "head", None),
                                                           nn.Linear)):
             raise TypeError("AMR needs a model with features(x) and an nn.Linear head")
@@ -156,10 +156,11 @@ class AverageMarginRegularizer(Defense):
         margin = average_margin_term(features, logits, model.head.weight, y, p.tau)
         penalty = orthogonality_penalty(model)
         loss = natural - p.lambda_margin * margin + p.beta_orth * penalty
-        return loss, {"loss": loss.item(), "natural_loss": natural.item(),
-                      "average_feature_margin": margin.item(),
-                      "orthogonality_penalty": penalty.item(),
-                      "train_accuracy": accuracy(logits, y)}
+        metrics = {"loss": loss.item(), "natural_loss": natural.item(),
+                   "average_feature_margin": margin.item(),
+                   "orthogonality_penalty": penalty.item(),
+                   "train_accuracy": accuracy(logits, y)}
+        return StepOutput(loss, metrics, state)
 
     @classmethod
     def search_space(cls, trial):

@@ -1,18 +1,25 @@
-"""What every defense is: typed knobs, an inner maximisation and an outer loss.
+"""What every defense is: typed knobs, an inner maximisation and an outer step.
 
 A defense is a frozen dataclass holding its validated knobs (``params``) and the threat model
-of its training attack (``attack``). ``perturb`` is its inner maximisation, ``loss`` its outer
-minimisation: a pure function of (model, batch, state) returning the loss and detached metrics.
-Neither touches the optimizer, the device or global state; defenses with memory keep it in the
-explicit state object from ``init_state`` and return its next value from ``step``.
+of its training attack (``attack``). Its whole training contract is two pure methods:
 
-One training iteration, as the engine runs it (``replays`` times per batch; free-AT replays)::
+* ``perturb(model, x, y, state, ids=ids)`` is the inner maximisation. It returns the training
+  point ``step`` consumes (the adversarial input; SMD's point also carries what its search
+  learnt about each example) and changes nothing: not the model's mode, not the state.
+* ``step(model, x, y, point, state, ids=ids)`` is the outer minimisation. It returns a
+  :class:`StepOutput`: the loss to differentiate, detached metrics, and the defense's next
+  state (the same object for memoryless defenses). Every defense implements ``step``;
+  ``loss`` is only the (loss, metrics) pair of ``step``, for tests and tools, and cannot be
+  overridden.
 
-    defense = defense.at_epoch(epoch, lr_scale)          # epoch-dependent knobs, a new object
-    x_adv = defense.perturb(model, x, y, state, ids=ids)  # eval mode unless the paper says not
-    loss, metrics, state = defense.step(model, x, y, x_adv, state, ids=ids)   # train mode
+Neither touches the optimizer, the device or global state. One training iteration, as the
+engine runs it (``replays`` times per batch; free-AT replays)::
+
+    defense = defense.at_epoch(epoch, lr_scale)             # epoch-dependent knobs, a new object
+    point = defense.perturb(model, x, y, state, ids=ids)     # eval mode unless the paper says not
+    loss, metrics, state = defense.step(model, x, y, point, state, ids=ids)   # train mode
     loss.backward(); optimizer.step()
-    state = defense.after_backward(state, x_adv)          # x_adv.grad is set if it required grad
+    state = defense.after_backward(state, point)             # point.grad is set if it required grad
 
 A defense added on top of another one (EMR, HE, IGR) subclasses ``ComposedDefense``: it names
 the knob choosing its base, forwards the base's knobs, and delegates all it does not change.
@@ -130,7 +137,7 @@ class NoParams:
 
 @dataclass(frozen=True)
 class Defense:
-    """Base class; subclasses set ``name``, ``Params``, and override ``loss`` (and ``perturb``)."""
+    """Base class; subclasses set ``name``, ``Params``, and override ``step`` (and ``perturb``)."""
 
     params: Any
     attack: AttackSettings
@@ -156,7 +163,8 @@ class Defense:
                    mode="eval")
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, state: Any = None,
-                *, ids: torch.Tensor | None = None) -> torch.Tensor:
+                *, ids: torch.Tensor | None = None) -> Any:
+        """The training point ``step`` consumes; by default the training PGD's output."""
         return self.pgd(model, x, y)
 
     # -- outer minimisation --------------------------------------------------------------
@@ -167,27 +175,39 @@ class Defense:
             logits = self.label_logits(logits, y)
         return F.cross_entropy(logits, y)
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: Any,
+             state: Any = None, *, ids: torch.Tensor | None = None) -> StepOutput:
+        """Loss, detached metrics and the next state at ``x_adv``, the point ``perturb``
+        returned (memoryless defenses return ``state`` as it is)."""
+        raise NotImplementedError(f"defense {self.name!r} does not implement step")
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: Any,
              state: Any = None, *, ids: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError
+        """``step``'s loss and metrics, without its next state."""
+        loss, metrics, _ = self.step(model, x, y, x_adv, state, ids=ids)
+        return loss, metrics
 
-    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
-             state: Any = None, *, ids: torch.Tensor | None = None) -> StepOutput:
-        """Loss, metrics and the next state; memoryless defenses keep ``state`` as it is."""
-        loss, metrics = self.loss(model, x, y, x_adv, state, ids=ids)
-        return StepOutput(loss, metrics, state)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "loss" in cls.__dict__:
+            raise TypeError(f"{cls.__name__} overrides loss; a defense implements step "
+                            "(loss is step's loss and metrics)")
 
     def adaptive_objective(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                           x_adv: torch.Tensor, state: Any = None, *,
-                           ids: torch.Tensor | None = None) -> torch.Tensor:
-        """The training objective as a function of the attacked input ``x_adv``, which the
-        adaptive attack ascends: the outer loss with ``x_adv`` as the training attack's point,
-        or, for defenses trained on clean inputs only, the loss at ``x_adv`` itself."""
-        point = x_adv if self.clean_training else x
-        return self.loss(model, point, y, x_adv, state, ids=ids)[0]
+                           state: Any = None, *, ids: torch.Tensor | None = None
+                           ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The training objective as a function of the attacked input, which the adaptive
+        attack ascends: the outer loss with the attacked input as the training point, or, for
+        defenses trained on clean inputs only, the loss at the attacked input itself. Whatever
+        the objective needs from the clean batch is computed once, here."""
+        def objective(x_adv: torch.Tensor) -> torch.Tensor:
+            point = x_adv if self.clean_training else x
+            return self.step(model, point, y, x_adv, state, ids=ids)[0]
 
-    def after_backward(self, state: Any, x_adv: torch.Tensor) -> Any:
+        return objective
+
+    def after_backward(self, state: Any, x_adv: Any) -> Any:
         """Next state once ``loss.backward()`` has run (``x_adv.grad`` set if it needed one)."""
         return state
 
@@ -222,6 +242,12 @@ def with_weight_decay(trial, defense_params: dict[str, Any]) -> dict[str, Any]:
     """TrialConfig overrides: ``defense_params`` and the weight decay every defense searches."""
     return {"weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-2, log=True),
             "defense_params": defense_params}
+
+
+def input_of(point: Any) -> torch.Tensor:
+    """The attacked input of a training point ``perturb`` returned (SMD's point carries more:
+    the input is its ``x_adv``)."""
+    return point if isinstance(point, torch.Tensor) else point.x_adv
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:

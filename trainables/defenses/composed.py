@@ -116,10 +116,6 @@ class ComposedDefense(Defense):
         return StepOutput(loss, {**metrics, "base_loss": base_loss.item(), **added,
                                  "loss": loss.item()}, state)
 
-    def loss(self, model, x, y, x_adv, state=None, *, ids=None):
-        loss, metrics, _ = self.step(model, x, y, x_adv, state, ids=ids)
-        return loss, metrics
-
     # -- everything else is the base's ------------------------------------------------------
     @property
     def replays(self) -> int:

@@ -57,8 +57,8 @@ class FastAdversarialTraining(Defense):
                    step_size=self.params.alpha_ratio * a.epsilon, norm=a.norm, loss="ce",
                    random_start=a.random_start or self.default_random_start, mode="eval")
 
-    def loss(self, model, x, y, x_adv, state=None, *, ids=None):
-        return _cross_entropy_on(self, model, x_adv, y)
+    def step(self, model, x, y, x_adv, state=None, *, ids=None) -> StepOutput:
+        return StepOutput(*_cross_entropy_on(self, model, x_adv, y), state)
 
     @classmethod
     def search_space(cls, trial):
@@ -127,11 +127,8 @@ class FreeAdversarialTraining(Defense):
         delta = self.carried_delta(state, x)[: len(x)]
         return (x.detach() + delta).clamp(0.0, 1.0).requires_grad_(True)
 
-    def loss(self, model, x, y, x_adv, state=None, *, ids=None):
-        return _cross_entropy_on(self, model, x_adv, y)
-
-    def step(self, model, x, y, x_adv, state=None, *, ids=None):
-        loss, metrics = self.loss(model, x, y, x_adv)
+    def step(self, model, x, y, x_adv, state=None, *, ids=None) -> StepOutput:
+        loss, metrics = _cross_entropy_on(self, model, x_adv, y)
         delta = self.carried_delta(state, x)
         shifted = x.detach() + delta[: len(x)]
         inside = (shifted >= 0.0) & (shifted <= 1.0)  # where clip_[0,1] passes the gradient

@@ -189,9 +189,6 @@ class LMADefense(Defense):
                    "adversarial_accuracy": accuracy(logits_adv, y)}
         return StepOutput(loss, metrics, LMAState(adversarial, natural))
 
-    def loss(self, model, x, y, x_adv, state=None, *, ids=None):
-        return tuple(self.step(model, x, y, x_adv, state, ids=ids)[:2])
-
     @classmethod
     def search_space(cls, trial):
         return {"weight_decay": trial.suggest_float("weight_decay", 1e-4, 1e-2, log=True),

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.defenses import register_defense
-from trainables.defenses.base import Defense, accuracy, knob
+from trainables.defenses.base import Defense, StepOutput, accuracy, knob
 from trainables.defenses.trades import kl_attack_loss, kl_per_example
 
 _SCHEDULE = {"epochs": 100, "lr": 0.1, "lr_milestones": [75, 90], "attack_steps": 10,
@@ -98,12 +98,13 @@ class MAILAdversarialTraining(_MAIL):
 
     presets = {"emr_paper": {**_SCHEDULE, "defense_params": {"slope": 30.0, "bias": 0.07}}}
 
-    def loss(self, model, x, y, x_adv, state=None, *, ids=None):
+    def step(self, model, x, y, x_adv, state=None, *, ids=None) -> StepOutput:
         logits_adv = model(x_adv)
         weights = self.weights(logits_adv, y)
         loss = (weights * F.cross_entropy(logits_adv, y, reduction="none")).mean()
-        return loss, {"loss": loss.item(), "adversarial_accuracy": accuracy(logits_adv, y),
-                      **self.weight_metrics(weights, logits_adv, y)}
+        metrics = {"loss": loss.item(), "adversarial_accuracy": accuracy(logits_adv, y),
+                   **self.weight_metrics(weights, logits_adv, y)}
+        return StepOutput(loss, metrics, state)
 
     @classmethod
     def search_space(cls, trial):
@@ -127,17 +128,18 @@ class MAILTrades(_MAIL):
     def perturb(self, model, x, y, state=None, *, ids=None):
         return self.pgd(model, x, y, loss=kl_attack_loss(model, x))
 
-    def loss(self, model, x, y, x_adv, state=None, *, ids=None):
+    def step(self, model, x, y, x_adv, state=None, *, ids=None) -> StepOutput:
         logits = model(x)
         logits_adv = model(x_adv)
         weights = self.weights(logits_adv, y)
         natural = F.cross_entropy(logits, y)
         robust = (weights * kl_per_example(F.softmax(logits, dim=1), logits_adv)).mean()
         loss = natural + self.params.beta * robust
-        return loss, {"loss": loss.item(), "natural_loss": natural.item(),
-                      "robust_loss": robust.item(), "train_accuracy": accuracy(logits, y),
-                      "adversarial_accuracy": accuracy(logits_adv, y),
-                      **self.weight_metrics(weights, logits_adv, y)}
+        metrics = {"loss": loss.item(), "natural_loss": natural.item(),
+                   "robust_loss": robust.item(), "train_accuracy": accuracy(logits, y),
+                   "adversarial_accuracy": accuracy(logits_adv, y),
+                   **self.weight_metrics(weights, logits_adv, y)}
+        return StepOutput(loss, metrics, state)
 
     @classmethod
     def search_space(cls, trial):

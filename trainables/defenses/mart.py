@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.defenses import register_defense
-from trainables.defenses.base import Defense, accuracy, knob
+from trainables.defenses.base import Defense, StepOutput, accuracy, knob
 
 _TINY = 1e-12
 
@@ -37,7 +37,7 @@ class MART(Defense):
         "lma_paper": {"weight_decay": 3.5e-3, "defense_params": {"beta": 5.0}},
     }
 
-    def loss(self, model, x, y, x_adv, state=None, *, ids=None):
+    def step(self, model, x, y, x_adv, state=None, *, ids=None) -> StepOutput:
         logits = model(x)
         logits_adv = model(x_adv)
         p_clean = F.softmax(logits, dim=1)
@@ -46,9 +46,10 @@ class MART(Defense):
         weight = 1.0 - p_clean.gather(1, y[:, None]).squeeze(1)
         robust = (kl * weight).mean()
         loss = bce + self.params.beta * robust
-        return loss, {"loss": loss.item(), "boosted_ce": bce.item(),
-                      "robust_loss": robust.item(), "train_accuracy": accuracy(logits, y),
-                      "adversarial_accuracy": accuracy(logits_adv, y)}
+        metrics = {"loss": loss.item(), "boosted_ce": bce.item(),
+                   "robust_loss": robust.item(), "train_accuracy": accuracy(logits, y),
+                   "adversarial_accuracy": accuracy(logits_adv, y)}
+        return StepOutput(loss, metrics, state)
 
     @classmethod
     def search_space(cls, trial):

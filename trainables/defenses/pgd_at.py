@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from trainables.defenses import register_defense
-from trainables.defenses.base import Defense, accuracy
+from trainables.defenses.base import Defense, StepOutput, accuracy
 
 
 @register_defense("pgd_at")
@@ -13,7 +13,8 @@ class PGDAdversarialTraining(Defense):
         "emr_mlp_mnist": {"weight_decay": 1e-3, "defense_params": {}},  # EMR Table 1
     }
 
-    def loss(self, model, x, y, x_adv, state=None, *, ids=None):
+    def step(self, model, x, y, x_adv, state=None, *, ids=None) -> StepOutput:
         logits_adv = model(x_adv)
         loss = self.cross_entropy(logits_adv, y)
-        return loss, {"loss": loss.item(), "adversarial_accuracy": accuracy(logits_adv, y)}
+        metrics = {"loss": loss.item(), "adversarial_accuracy": accuracy(logits_adv, y)}
+        return StepOutput(loss, metrics, state)

@@ -151,15 +151,21 @@ def next_levels(levels: torch.Tensor, expand: torch.Tensor, grad_norm: torch.Ten
     return torch.where(expand, levels + expansion * gamma1 * gamma2, distance)
 
 
-@dataclass
-class ExplorationRecord:
-    """What ``perturb`` learnt about one batch and ``step`` needs: the protocol's perturb
-    returns only x̃, so the record rides on the state until ``step`` consumes it."""
+class ExplorationRecord(NamedTuple):
+    """What the exploration learnt about one batch and the margin update needs."""
 
     ids: torch.Tensor
     attacked: torch.Tensor  # Flag1
     kept: torch.Tensor  # Flag2 (False where not attacked)
     grad_norm: torch.Tensor  # h(|∇ₓ̃ Loss|), 0 where not attacked
+
+
+class Explored(NamedTuple):
+    """SMD's training point: x̃ and the batch's :class:`ExplorationRecord`, as ``perturb``
+    returns them and ``step`` consumes them."""
+
+    x_adv: torch.Tensor
+    record: ExplorationRecord
 
 
 class MarginExport(NamedTuple):
@@ -173,9 +179,8 @@ class SMDState:
     """Per-example margins 𝓔(i) in grey levels, indexed by example id, plus which ids were seen.
 
     ``unit`` is h(x/255) (1/255 for L∞; set by the first step for L2) so margins can be
-    exported as distances. ``pending`` is the current batch's :class:`ExplorationRecord`,
-    written by ``perturb``, read (not changed) by ``step``, absent from the next state and
-    never checkpointed.
+    exported as distances. Neither ``perturb`` nor ``step`` changes a state: ``step``
+    returns the next one.
     """
 
     def __init__(self, levels: torch.Tensor, visited: torch.Tensor, epochs: int,
@@ -184,7 +189,6 @@ class SMDState:
         self.visited = visited.detach().bool()
         self.epochs = int(epochs)
         self.unit = unit
-        self.pending: ExplorationRecord | None = None
 
     @classmethod
     def initial(cls, num_examples: int, epochs: int, unit: float | None) -> SMDState:
@@ -216,7 +220,6 @@ class SMDState:
         self.levels = state["margin_levels"].detach().float().clone()
         self.visited = state["visited"].detach().bool().clone()
         self.epochs, self.unit = int(state["epochs"]), state["unit"]
-        self.pending = None
 
 
 def export_margins(state: SMDState, bins: int = 50) -> MarginExport:
@@ -276,8 +279,9 @@ class SelfAdaptiveMarginDefense(Defense):
         if not isinstance(state, SMDState) or ids is None:
             raise ValueError("SMD needs its SMDState (init_state) and the example ids")
 
-    def perturb(self, model, x, y, state=None, *, ids=None):
-        """EPGD on the clean-correct examples with their own margins; the rest stay clean."""
+    def perturb(self, model, x, y, state=None, *, ids=None) -> Explored:
+        """EPGD on the clean-correct examples with their own margins (the rest stay clean),
+        and what the exploration learnt about each example."""
         self._require(state, ids)
         norm = self.attack.norm
         x, y = x.detach(), y.detach()
@@ -293,26 +297,25 @@ class SelfAdaptiveMarginDefense(Defense):
             kept[attacked] = found.kept
             grad_norm[attacked] = attack_gradient_norm(model, found.x_out, y[attacked],
                                                        norm).float()
-        state.pending = ExplorationRecord(ids.detach().clone(), attacked, kept, grad_norm)
-        return x_adv
+        return Explored(x_adv, ExplorationRecord(ids.detach().clone(), attacked, kept,
+                                                 grad_norm))
 
-    def loss(self, model, x, y, x_adv, state=None, *, ids=None):
-        return self.step(model, x, y, x_adv, state, ids=ids)[:2]
-
-    def adaptive_objective(self, model, x, y, x_adv, state=None, *, ids=None):
-        """L = (L₀ + L₁)/2 at ``x_adv``, on the batch's exploration record (which points SMD
-        attacks: the clean-correct ones), explored once from the state's margins."""
-        self._require(state, ids)
-        if state.pending is None or not torch.equal(state.pending.ids.to(ids.device), ids):
-            self.perturb(model, x, y, state, ids=ids)
-        return self.step(model, x, y, x_adv, state, ids=ids).loss
+    def adaptive_objective(self, model, x, y, state=None, *, ids=None):
+        """L = (L₀ + L₁)/2 at the attacked input, on the batch's exploration record (which
+        points SMD attacks: the clean-correct ones), explored once from the state's margins."""
+        record = self.perturb(model, x, y, state, ids=ids).record
+        return lambda x_adv: self.step(model, x, y, Explored(x_adv, record), state,
+                                       ids=ids).loss
 
     def step(self, model, x, y, x_adv, state=None, *, ids=None) -> StepOutput:
-        """L = (L₀ + L₁)/2 and the next state with the batch's margins expanded or reset."""
+        """L = (L₀ + L₁)/2 and the next state with the batch's margins expanded or reset;
+        ``x_adv`` is the :class:`Explored` point ``perturb`` returned for this batch."""
         self._require(state, ids)
-        record = state.pending
-        if record is None or not torch.equal(record.ids.to(ids.device), ids):
-            raise ValueError("SMD.step needs the exploration record of perturb for this batch")
+        if not isinstance(x_adv, Explored) or not torch.equal(
+                x_adv.record.ids.to(ids.device), ids):
+            raise ValueError("SMD.step needs the Explored point (x̃ and its exploration "
+                             "record) perturb returned for this batch")
+        x_adv, record = x_adv
         attacked = record.attacked.to(x.device)
         logits = model(x)
         natural = F.cross_entropy(logits, y)

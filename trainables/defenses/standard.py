@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from trainables.defenses import register_defense
-from trainables.defenses.base import Defense, accuracy
+from trainables.defenses.base import Defense, StepOutput, accuracy
 
 
 @register_defense("standard")
@@ -15,7 +15,8 @@ class StandardTraining(Defense):
     def perturb(self, model, x, y, state=None, *, ids=None):
         return x
 
-    def loss(self, model, x, y, x_adv, state=None, *, ids=None):
+    def step(self, model, x, y, x_adv, state=None, *, ids=None) -> StepOutput:
         logits = model(x)
         loss = F.cross_entropy(logits, y)
-        return loss, {"loss": loss.item(), "train_accuracy": accuracy(logits, y)}
+        metrics = {"loss": loss.item(), "train_accuracy": accuracy(logits, y)}
+        return StepOutput(loss, metrics, state)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from attacks.pgd import model_mode
 from trainables.defenses import register_defense
-from trainables.defenses.base import Defense, accuracy, knob
+from trainables.defenses.base import Defense, StepOutput, accuracy, knob
 
 
 def kl_per_example(p_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
@@ -44,16 +44,17 @@ class TRADES(Defense):
     def perturb(self, model, x, y, state=None, *, ids=None):
         return self.pgd(model, x, y, loss=kl_attack_loss(model, x))
 
-    def loss(self, model, x, y, x_adv, state=None, *, ids=None):
+    def step(self, model, x, y, x_adv, state=None, *, ids=None) -> StepOutput:
         logits = model(x)
         logits_adv = model(x_adv)
         natural = self.cross_entropy(logits, y)
         robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1),
                           reduction="batchmean")
         loss = natural + self.params.beta * robust
-        return loss, {"loss": loss.item(), "natural_loss": natural.item(),
-                      "robust_loss": robust.item(), "train_accuracy": accuracy(logits, y),
-                      "adversarial_accuracy": accuracy(logits_adv, y)}
+        metrics = {"loss": loss.item(), "natural_loss": natural.item(),
+                   "robust_loss": robust.item(), "train_accuracy": accuracy(logits, y),
+                   "adversarial_accuracy": accuracy(logits_adv, y)}
+        return StepOutput(loss, metrics, state)
 
     @classmethod
     def search_space(cls, trial):
