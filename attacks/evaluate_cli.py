@@ -8,36 +8,42 @@ whole report, per-example flags included.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-ATTACK_HELP = ("attack specs, name[:key=value,...] (pgd:steps=100,loss=cw, aa-standard, "
-               "square:queries=5000, spsa-light, ...); an unknown name fails with the list")
+import tyro
+
+from trainables.flags import parse
 
 DEFAULT_ATTACKS = ("aa-standard", "pgd-100-ce", "pgd-100-cw")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path, help="a checkpoint directory")
-    parser.add_argument("--attacks", nargs="+", default=list(DEFAULT_ATTACKS),
-                        help=ATTACK_HELP)
-    parser.add_argument("--n-examples", type=int, default=1000)
-    parser.add_argument("--epsilon", type=float, default=None,
-                        help="radius (default: the checkpoint's training epsilon)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--epsilon-curve", type=float, nargs="*", default=[],
-                        help="also AutoAttack accuracy at these radii")
-    parser.add_argument("--no-checks", action="store_true", help="skip the model probes")
-    parser.add_argument("--device", help="default: cuda when there is one, else cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--json", type=Path, default=None, help="write the full report here")
-    return parser.parse_args(argv)
+@dataclass(frozen=True)
+class EvaluationFlags:
+    """Evaluate one saved checkpoint on the first n points of its test set."""
+
+    checkpoint: Annotated[Path, tyro.conf.Positional]  # a checkpoint directory
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS  # attack specs, name[:key=value,...]
+    n_examples: int = 1000  # first n test points
+    epsilon: float | None = None  # radius (default: the checkpoint's training epsilon)
+    seed: int = 0
+    batch_size: int = 256
+    epsilon_curve: tuple[float, ...] = ()  # also AutoAttack accuracy at these radii
+    checks: bool = True  # the model probes (gradient masking, randomness, ...)
+    device: str | None = None  # default: cuda when there is one, else cpu
+    threads: int | None = None  # torch CPU threads
+    json: Path | None = None  # write the full report, per-example flags included, here
+
+    def __post_init__(self) -> None:
+        if self.n_examples <= 0:
+            raise ValueError(f"--n-examples must be positive, got {self.n_examples}")
+
+
+def parse_args(argv: list[str] | None = None) -> EvaluationFlags:
+    return parse(EvaluationFlags, sys.argv[1:] if argv is None else argv)
 
 
 def compact(report: dict[str, Any]) -> dict[str, Any]:
@@ -48,15 +54,16 @@ def compact(report: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    import dataclasses
+
     import torch
 
     from attacks.evaluate import evaluate_model
     from attacks.targets import checkpoint_context, load_points
     from trainables.checkpoints import CheckpointError, load_checkpoint
 
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.n_examples <= 0:
-        raise SystemExit(f"error: --n-examples must be positive, got {args.n_examples}")
+    args = dataclasses.replace(
+        args, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -68,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     x, y = load_points(config.dataset, args.n_examples, args.device)
     report = evaluate_model(
         checkpoint.model, x, y, attacks=args.attacks, epsilon=epsilon, norm=config.norm,
-        seed=args.seed, batch_size=args.batch_size, checks=not args.no_checks,
+        seed=args.seed, batch_size=args.batch_size, checks=args.checks,
         epsilon_curve=args.epsilon_curve,
         progress=lambda message: print(message, file=sys.stderr, flush=True),
         **checkpoint_context(config)).to_dict()

@@ -1,4 +1,9 @@
-"""The evaluation pool's typed configuration (no heavy imports: command lines read it)."""
+"""The evaluation pool's typed configuration: its fields are ``robust-sweeps pool``'s flags.
+
+No heavy imports: command lines read it. The stores left empty (``tracking_uri``,
+``state_dir``, ``pool_id``) are filled by the command line from ``$ROBUST_SWEEPS_HOME`` and the
+host before the pool runs.
+"""
 
 from __future__ import annotations
 
@@ -14,32 +19,34 @@ DEFAULT_ATTACKS = ("aa-standard", "pgd-100-ce", "pgd-100-cw", "square:queries=50
 
 @dataclass(frozen=True)
 class PoolConfig:
-    tracking_uri: str
-    state_dir: Path
-    pool_id: str
-    experiments: list[str] | None = None
-    sweep: str | None = None
-    top_k: int | None = None
-    leaderboard: str = "leaderboard"
-    artifact_location: str | None = None
-    attacks: tuple[str, ...] = DEFAULT_ATTACKS
-    n_examples: int = 1000
-    shard_size: int = 250
-    epsilon: float | None = None
+    """Evaluate every checkpoint awaiting evaluation and write one leaderboard run each."""
+
+    tracking_uri: str | None = None  # MLflow tracking URI (default: sqlite under the home)
+    state_dir: Path | None = None  # progress and checkpoint cache (default: HOME/pool)
+    pool_id: str | None = None  # lease owner name; reuse it to resume a killed pool
+    experiments: list[str] | None = None  # source experiments (default: all)
+    sweep: str | None = None  # only this sweep's trials
+    top_k: int | None = None  # only the sweep's k best trials by validation robust accuracy
+    leaderboard: str = "leaderboard"  # leaderboard experiment
+    artifact_location: str | None = None  # leaderboard artifacts (default: the server's)
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS  # attack specs, name[:key=value,...]
+    n_examples: int = 1000  # first n test points
+    shard_size: int = 250  # points per unit of work
+    epsilon: float | None = None  # radius (default: each checkpoint's training epsilon)
     seed: int = 0
     batch_size: int = 256
-    epsilon_curve: tuple[float, ...] = ()
+    epsilon_curve: tuple[float, ...] = ()  # also the curve attack's accuracy at these radii
     curve_attack: str = "aa-standard"
-    margins: bool = False
-    evaluators: int = 1
+    margins: bool = False  # also per-example effective margins and AMR margin bounds
+    evaluators: int = 1  # evaluator actors
     cpus_per_evaluator: float = 1.0
-    gpus_per_evaluator: float = 0.0
-    lease_seconds: float = 600.0
-    settle_seconds: float = 1.0
-    watch: bool = False
+    gpus_per_evaluator: float = 0.0  # fractions share a GPU
+    lease_seconds: float = 600.0  # a claim not renewed for this long may be taken over
+    settle_seconds: float = 1.0  # wait before confirming a claim
+    watch: bool = False  # keep polling for new checkpoints
     poll_seconds: float = 30.0
-    max_checkpoints: int | None = None
-    address: str | None = None
+    max_checkpoints: int | None = None  # stop after this many (per round)
+    address: str | None = None  # Ray cluster (default: RAY_ADDRESS or a local cluster)
 
     def __post_init__(self) -> None:
         positive = {"n_examples": self.n_examples, "shard_size": self.shard_size,

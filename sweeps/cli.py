@@ -7,18 +7,18 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from sweeps.samplers import SAMPLERS
+import tyro
 
-if TYPE_CHECKING:
-    from sweeps.spec import SweepSpec
+from sweeps.spec import SweepSpec
+from trainables.flags import parse
 
 # Real MNIST, a small MLP, a few short trials on the CPU: the whole stack in minutes.
 SMOKE_BASE: dict[str, Any] = {
@@ -29,56 +29,52 @@ SMOKE_BASE: dict[str, Any] = {
 }
 
 
-def parse_args(description: str, argv: list[str] | None,
-              prog: str | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true",
-                        help="real MNIST, small model, 4 trials of 3 epochs, CPU")
-    parser.add_argument("--samples", type=int, help="number of trials")
-    parser.add_argument("--concurrency", type=int, help="trials running at once")
-    parser.add_argument("--cpus-per-trial", type=float)
-    parser.add_argument("--gpus-per-trial", type=float, help="fractions share a GPU")
-    parser.add_argument("--epochs", type=int, help="epochs per trial (ASHA's max_t)")
-    parser.add_argument("--sampler", choices=SAMPLERS)
-    parser.add_argument("--no-early-stopping", dest="early_stopping", action="store_false",
-                        default=None, help="train every trial to the full epoch budget (no ASHA)")
-    parser.add_argument("--name", help="sweep name (Tune experiment, Optuna study, MLflow tag)")
-    parser.add_argument("--storage", help="Ray Tune storage path (shared storage on a cluster)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite under "
-                                               "$ROBUST_SWEEPS_HOME)")
-    parser.add_argument("--experiment", help="MLflow experiment")
-    parser.add_argument("--optuna-storage", help="Optuna RDB URL (sqlite or postgresql)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
-    parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, the "
-                                          "cluster of a submitted job, or a new local one)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a TrialConfig field for all trials")
-    return parser.parse_args(argv)
+@dataclass(frozen=True)
+class SweepCommand:
+    """A sweep's command line: every :class:`SweepSpec` field is a flag (``--num-samples``,
+    ``--storage``, ``--tracking-uri``, ``--optuna-storage``, ...), over the study's values."""
+
+    spec: Annotated[SweepSpec, tyro.conf.OmitArgPrefixes]
+    smoke: bool = False  # real MNIST, small model, 4 trials of 3 epochs, CPU
+    resume: bool = False  # continue an interrupted sweep
+    epochs: int | None = None  # epochs per trial (ASHA's max_t)
+    set: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()  # KEY=VALUE for all trials
+    address: str | None = None  # Ray cluster (default: $RAY_ADDRESS, a job's, or a new one)
 
 
-def spec_from_args(spec: SweepSpec, args: argparse.Namespace,
-                   smoke_base: dict[str, Any] | None = None) -> SweepSpec:
-    """The spec with the command line's flags applied (``smoke_base``: the study's own fields
-    under ``--smoke``, replacing the smoke defaults)."""
-    from trainables.config import apply_overrides, merge
+def smoke_spec(spec: SweepSpec, smoke_base: dict[str, Any] | None = None) -> SweepSpec:
+    """The study at smoke scale: ``SMOKE_BASE`` (the study's ``smoke_base`` over it), four
+    short trials, two at a time, on the CPU."""
+    from trainables.config import merge
 
-    base = spec.base
-    changes: dict[str, Any] = {}
-    if args.smoke:
-        base = {**merge(base, SMOKE_BASE), **(smoke_base or {})}
-        changes.update(num_samples=4, max_concurrent=2, cpus_per_trial=1.0, gpus_per_trial=0.0,
-                       grace_period=1, reduction_factor=2, name=f"{spec.name}-smoke")
-    if args.epochs:
-        base = {**base, "epochs": args.epochs}
-    base = apply_overrides(base, args.overrides)
-    flags = {"num_samples": args.samples, "max_concurrent": args.concurrency,
-             "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
-             "sampler": args.sampler, "name": args.name, "storage_path": args.storage,
-             "tracking_uri": args.tracking_uri, "experiment": args.experiment,
-             "optuna_storage": args.optuna_storage, "early_stopping": args.early_stopping}
-    changes.update({k: v for k, v in flags.items() if v is not None})
-    return dataclasses.replace(spec, base=base, **changes)
+    return dataclasses.replace(
+        spec, base={**merge(spec.base, SMOKE_BASE), **(smoke_base or {})}, num_samples=4,
+        max_concurrent=2, cpus_per_trial=1.0, gpus_per_trial=0.0, grace_period=1,
+        reduction_factor=2, name=f"{spec.name}-smoke")
+
+
+def parse_command(spec: SweepSpec, argv: list[str], smoke_base: dict[str, Any] | None = None,
+                  description: str | None = None, prog: str | None = None) -> SweepCommand:
+    """The command line over the study's ``spec`` (``--smoke``: over its smoke scale); the
+    returned spec has ``--epochs`` and ``--set`` applied to its base."""
+    from trainables.config import apply_overrides
+
+    smoke = "--smoke" in argv
+    default = SweepCommand(spec=smoke_spec(spec, smoke_base) if smoke else spec, smoke=smoke)
+    command = parse(SweepCommand, argv, default=default, prog=prog, description=description)
+    base = command.spec.base
+    if command.epochs:
+        base = {**base, "epochs": command.epochs}
+    base = apply_overrides(base, list(command.set))
+    return dataclasses.replace(command, spec=dataclasses.replace(command.spec, base=base))
+
+
+def sweep_spec(spec: SweepSpec, argv: list[str],
+               smoke_base: dict[str, Any] | None = None) -> SweepSpec:
+    """The spec a command line runs (checked: its base is a valid TrialConfig)."""
+    checked = parse_command(spec, argv, smoke_base).spec
+    checked.check()
+    return checked
 
 
 def summarize(results, wall_seconds: float | None = None) -> dict[str, Any]:
@@ -104,23 +100,30 @@ def summarize(results, wall_seconds: float | None = None) -> dict[str, Any]:
 
 def main(spec: SweepSpec, description: str, argv: list[str] | None = None,
          smoke_base: dict[str, Any] | None = None, prog: str | None = None) -> int:
-    args = parse_args(description, argv, prog)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = parse_command(spec, argv, smoke_base, description, prog)
     from sweeps.cluster import connect
     from sweeps.runner import run_sweep
+    from trainables.config import ConfigError
 
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
     logging.getLogger("sweeps").addHandler(handler)
     logging.getLogger("sweeps").setLevel(logging.INFO)
-    spec = spec_from_args(spec, args, smoke_base)
+    spec = command.spec
+    try:
+        spec.check()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     resolved = spec.resolved()
     print(f"sweep {resolved.name}: {resolved.num_samples} trials of {resolved.config.defense} on "
           f"{resolved.config.model}/{resolved.config.dataset}; results in "
           f"{resolved.storage_path}, tracking {resolved.tracking_uri}", file=sys.stderr)
-    if args.address:
-        connect(args.address)
+    if command.address:
+        connect(command.address)
     start = time.perf_counter()
-    results = run_sweep(spec, resume=args.resume)
+    results = run_sweep(spec, resume=command.resume)
     print(json.dumps(summarize(results, time.perf_counter() - start)))
     return 0
 
@@ -129,8 +132,9 @@ def run_study(study: str, argv: list[str] | None = None, prog: str | None = None
     """Run the study named (or stored at) ``study`` with the command line's flags."""
     from sweeps.study import StudyError, load_study
 
-    try:
-        loaded = load_study(study)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:  # --help shows the study's own values without building its preset
+        loaded = load_study(study, check=not {"-h", "--help"} & set(argv))
     except StudyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

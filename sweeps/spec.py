@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+import tyro
 
 from sweeps.environment import home
 
@@ -16,37 +18,47 @@ if TYPE_CHECKING:
     from trainables.config import TrialConfig
 
 
+def _alias(*names: str) -> Any:
+    return tyro.conf.arg(aliases=names)
+
+
 @dataclass(frozen=True)
 class SweepSpec:
-    name: str
+    """A sweep: its fields are ``robust-sweeps sweep``'s flags (``--num-samples``, ...)."""
+
+    name: str  # sweep name (Tune experiment, Optuna study, MLflow tag)
     base: dict[str, Any]  # TrialConfig fields shared by every trial
-    num_samples: int = 8
-    max_concurrent: int = 2
+    num_samples: Annotated[int, _alias("--samples")] = 8  # number of trials
+    max_concurrent: Annotated[int, _alias("--concurrency")] = 2  # trials running at once
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    sampler: str = "tpe"
-    seeds_only: bool = False
+    gpus_per_trial: float = 0.0  # fractions share a GPU
+    sampler: str = "tpe"  # Optuna sampler (sweeps.samplers: tpe, random, cmaes, nsga2)
+    seeds_only: bool = False  # repeat the base config over seeds instead of searching
     early_stopping: bool = True  # ASHA on validation robust accuracy
     grace_period: int = 1  # ASHA: epochs before a trial may be stopped
-    reduction_factor: int = 2
-    max_failures: int = 2
-    storage_path: str | None = None  # Ray Tune results (shared storage on a cluster)
-    tracking_uri: str | None = None
-    experiment: str | None = None
-    artifact_location: str | None = None
-    optuna_storage: str | None = None
+    reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
+    max_failures: int = 2  # retries of a trial whose worker died
+    # Ray Tune results: a path every node sees, or s3://bucket/prefix on a cluster
+    storage_path: Annotated[str | None, _alias("--storage")] = None  # Ray Tune results
+    tracking_uri: str | None = None  # MLflow tracking URI (default: sqlite under the home)
+    experiment: str | None = None  # MLflow experiment (default: sweeps)
+    artifact_location: str | None = None  # MLflow artifacts (default: the server's, or home)
+    optuna_storage: str | None = None  # Optuna RDB URL (sqlite or postgresql)
     seed: int = 0
-    extra_tags: dict[str, str] = field(default_factory=dict)
+    extra_tags: dict[str, str] = field(default_factory=dict)  # MLflow tags on every run
 
     def __post_init__(self) -> None:
         from sweeps.samplers import SAMPLERS
-        from trainables.config import TrialConfig
 
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.num_samples < 1 or self.max_concurrent < 1:
             raise ValueError("num_samples and max_concurrent must be >= 1")
-        TrialConfig.from_dict(self.base)  # fail before any cluster work
+
+    def check(self) -> SweepSpec:
+        """Fail before any cluster work: the base must be a valid TrialConfig."""
+        self.config  # noqa: B018
+        return self
 
     @property
     def config(self) -> TrialConfig:

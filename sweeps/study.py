@@ -50,8 +50,11 @@ def study_path(study: str | Path) -> Path:
     return STUDY_DIR / f"{study}.yaml"
 
 
-def load_study(study: str | Path) -> Study:
-    """The study named or stored at ``study``, its spec checked (fields, ranges, TrialConfig)."""
+def load_study(study: str | Path, *, check: bool = True) -> Study:
+    """The study named or stored at ``study``, its spec checked (fields, ranges, TrialConfig).
+
+    ``check=False`` reads the file only (no preset, no TrialConfig check): what ``--help``
+    needs to show the study's values at once."""
     path = study_path(study)
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
@@ -62,7 +65,7 @@ def load_study(study: str | Path) -> Study:
         raise StudyError(f"{path}: unknown field(s) {unknown}; allowed: "
                          f"{', '.join(sorted(spec_fields | set(OWN_KEYS)))}")
     base: dict[str, Any] = {}
-    if data.get("preset"):
+    if data.get("preset") and check:
         from trainables.defenses import preset
 
         defense, _, preset_name = str(data["preset"]).partition("/")
@@ -70,6 +73,8 @@ def load_study(study: str | Path) -> Study:
     base = {**base, **(data.get("base") or {})}
     try:
         spec = SweepSpec(base=base, **{k: v for k, v in data.items() if k in spec_fields})
+        if check:
+            spec.check()
     except (TypeError, ValueError) as error:
         raise StudyError(f"{path}: {error}") from error
     return Study(spec, str(data.get("description", "")).strip(), data.get("smoke_base") or {})

@@ -158,12 +158,11 @@ def entrypoint(source: str) -> list[str]:
 
 
 def parse_sweep(script: str, args: list[str], monkeypatch) -> dict:
-    from sweeps.cli import parse_args, spec_from_args
+    from sweeps.cli import sweep_spec
     from sweeps.study import load_study
 
     study = load_study(Path(script).stem)
-    spec = spec_from_args(study.spec, parse_args(study.description, args),
-                          study.smoke_base).resolved()
+    spec = sweep_spec(study.spec, args, study.smoke_base).resolved()
     return {"kind": "sweep", "tracking_uri": spec.tracking_uri, "storage": spec.storage_path,
             "optuna_storage": spec.optuna_storage, "gpus": spec.gpus_per_trial,
             "defense": spec.config.defense}

@@ -23,10 +23,10 @@ def test_every_registered_sampler_builds_and_unknown_names_fail_listing_them():
 
 
 def test_sweep_cli_switches_early_stopping_off():
-    from sweeps.cli import parse_args, spec_from_args
+    from sweeps.cli import sweep_spec
     from sweeps.study import load_study
 
     spec = load_study("emr_wrn").spec
-    assert spec_from_args(spec, parse_args("", ["--smoke"])).early_stopping
-    off = spec_from_args(spec, parse_args("", ["--smoke", "--no-early-stopping"]))
+    assert sweep_spec(spec, ["--smoke"]).early_stopping
+    off = sweep_spec(spec, ["--smoke", "--no-early-stopping"])
     assert off.early_stopping is False

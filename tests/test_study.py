@@ -2,7 +2,7 @@
 
 import pytest
 
-from sweeps.cli import SMOKE_BASE, parse_args, spec_from_args
+from sweeps.cli import SMOKE_BASE, sweep_spec
 from sweeps.study import StudyError, load_study, study_names
 
 
@@ -19,7 +19,7 @@ def test_every_registered_study_loads_and_checks():
 
 def test_smoke_base_replaces_the_smoke_model():
     study = load_study("he_wrn")
-    spec = spec_from_args(study.spec, parse_args("", ["--smoke"]), study.smoke_base)
+    spec = sweep_spec(study.spec, ["--smoke"], study.smoke_base)
     assert spec.base["model"] == "small_cnn" and spec.base["model_params"] == {}
     assert spec.base["dataset"] == SMOKE_BASE["dataset"] and spec.num_samples == 4
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from trainables import data, models
-from trainables.defenses import AttackSettings, create_defense, defense_class, list_defenses
+if TYPE_CHECKING:  # torch loads when a config is checked, not when its fields are read
+    from trainables.data import DatasetInfo
+    from trainables.defenses import AttackSettings
 
 SCHEDULES = ("piecewise", "cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
@@ -29,47 +30,41 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class TrialConfig:
-    # what to train
-    dataset: str = "mnist"
-    model: str = "mlp"
-    model_params: dict[str, Any] = field(default_factory=dict)
-    defense: str = "pgd_at"
-    defense_params: dict[str, Any] = field(default_factory=dict)
-    # threat model of the training attack (None: the dataset's default)
-    epsilon: float | None = None
-    norm: str = "linf"
-    attack_steps: int = 10
-    attack_step_size: float | None = None
-    attack_random_start: str | None = None  # None: the defense's own default
-    # optimisation
+    dataset: str = "mnist"  # mnist, fashion_mnist, cifar10, cifar100, svhn
+    model: str = "mlp"  # a registered model (mlp, small_cnn, resnet18, wrn-D-W, ...)
+    model_params: dict[str, Any] = field(default_factory=dict)  # the model's own arguments
+    defense: str = "pgd_at"  # a registered defense
+    defense_params: dict[str, Any] = field(default_factory=dict)  # the defense's knobs
+    epsilon: float | None = None  # training attack radius (None: the dataset's)
+    norm: str = "linf"  # threat model: linf or l2
+    attack_steps: int = 10  # training attack steps
+    attack_step_size: float | None = None  # training attack step (None: the dataset's)
+    attack_random_start: str | None = None  # uniform, gaussian or none (None: the defense's)
     epochs: int = 1
     batch_size: int = 128
-    lr: float = 0.1
+    lr: float = 0.1  # initial learning rate (SGD)
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
-    schedule: str = "piecewise"
-    lr_milestones: list[int] = field(default_factory=list)  # epochs where lr is divided
-    lr_gamma: float = 0.1
-    # data
-    train_subset: int | None = None
-    val_size: int | None = None
-    val_subset: int | None = None
-    test_subset: int | None = None
-    split_seed: int = 0
-    data_root: str | None = None
-    # evaluation during and after training (PGD-k on the validation / test split)
-    eval_steps: int = 20
+    schedule: str = "piecewise"  # learning-rate schedule: piecewise, cosine or constant
+    lr_milestones: list[int] = field(default_factory=list)  # epochs where lr is multiplied
+    lr_gamma: float = 0.1  # the factor at each milestone
+    train_subset: int | None = None  # first n training images only
+    val_size: int | None = None  # images held out of the training set for validation
+    val_subset: int | None = None  # first n validation images only
+    test_subset: int | None = None  # first n test images only
+    split_seed: int = 0  # seed of the train / validation split
+    data_root: str | None = None  # dataset directory (default: the data cache)
+    eval_steps: int = 20  # PGD-k on the validation and test splits
     eval_step_size: float | None = None  # None: attack_step_size
-    eval_every: int = 1
-    margin_every: int = 0  # effective margin (EMR Eq. 3) on the validation split; 0: never
-    margin_subset: int = 500
-    # execution
+    eval_every: int = 1  # validate every n epochs
+    margin_every: int = 0  # effective margin (EMR Eq. 3) on validation every n epochs; 0: never
+    margin_subset: int = 500  # validation images the margin is measured on
     seed: int = 0
-    device: str = "auto"
-    bf16: bool = False
-    num_threads: int | None = None
-    output_dir: str = "runs"
+    device: str = "auto"  # auto, cpu or cuda
+    bf16: bool = False  # bfloat16 autocast on CUDA
+    num_threads: int | None = None  # torch CPU threads
+    output_dir: str = "runs"  # where runs keep their checkpoints
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -101,6 +96,9 @@ class TrialConfig:
 
     # ---------------------------------------------------------------- validation
     def validate(self) -> None:
+        from trainables import data, models
+        from trainables.defenses import list_defenses
+
         _choice("dataset", self.dataset, data.list_datasets())
         if self.model not in models.list_models() and not self.model.startswith("wrn-"):
             _choice("model", self.model, models.list_models())
@@ -140,8 +138,10 @@ class TrialConfig:
 
     # ---------------------------------------------------------------- resolved values
     @property
-    def dataset_info(self) -> data.DatasetInfo:
-        return data.dataset_info(self.dataset)
+    def dataset_info(self) -> DatasetInfo:
+        from trainables.data import dataset_info
+
+        return dataset_info(self.dataset)
 
     @property
     def resolved_epsilon(self) -> float:
@@ -158,15 +158,21 @@ class TrialConfig:
         return self.eval_step_size if self.eval_step_size is not None else self.resolved_step_size
 
     def attack_settings(self) -> AttackSettings:
+        from trainables.defenses import AttackSettings
+
         return AttackSettings(epsilon=self.resolved_epsilon, steps=self.attack_steps,
                               step_size=self.resolved_step_size, norm=self.norm,
                               random_start=self.attack_random_start)
 
     def build_defense(self):
+        from trainables.defenses import create_defense
+
         return create_defense(self.defense, attack=self.attack_settings(), **self.defense_params)
 
     def resolved(self) -> TrialConfig:
         """The same run with every default spelled out (threat model, defense knobs)."""
+        from trainables.defenses import defense_class
+
         knobs = defense_class(self.defense).knobs()
         defaults = {name: meta["default"] for name, meta in knobs.items()}
         return dataclasses.replace(

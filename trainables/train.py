@@ -1,4 +1,4 @@
-"""``python -m trainables.train --config cfg.yaml [--set key=value ...]``: one run, no Ray.
+"""``python -m trainables.train [--config cfg.yaml] [--FIELD VALUE ...]``: one run, no Ray.
 
 Shows per-epoch progress on stderr, keeps the latest checkpoint up to date after every epoch
 (``--resume DIR`` continues from it), and prints the final metrics as one JSON line on stdout,
@@ -11,25 +11,63 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import tyro
+
+from trainables.config import TrialConfig
+from trainables.flags import parse
 
 if TYPE_CHECKING:  # torch loads only when a run starts: `--help` answers at once
-    from trainables.config import TrialConfig
     from trainables.engine import TrainingRun
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", type=Path, help="YAML file with TrialConfig fields")
-    source.add_argument("--resume", type=Path, help="checkpoint directory to continue")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a field (dotted keys for dicts)")
-    parser.add_argument("--run-name", help="folder under output_dir (default: derived)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+@dataclass(frozen=True)
+class TrainCommand:
+    """Train one model, no Ray. Every TrialConfig field is a flag (``--epochs 3``,
+    ``--defense trades``, ``--defense-params '{"beta": 6}'``), over ``--config``'s YAML or,
+    with ``--resume``, the checkpoint's own config."""
+
+    trial: Annotated[TrialConfig, tyro.conf.OmitArgPrefixes] = field(
+        default_factory=TrialConfig)
+    config: Path | None = None  # YAML file with TrialConfig fields
+    resume: Path | None = None  # checkpoint directory to continue
+    set: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()  # KEY=VALUE (dotted keys)
+    run_name: str | None = None  # folder under output_dir (default: derived)
+    quiet: bool = False  # no progress bar
+
+
+def parse_args(argv: list[str] | None = None) -> TrainCommand:
+    """The command with its trial config checked (``--set`` applied): a flag over the file's
+    value, the file's over the field's default."""
+    from trainables.config import ConfigError, apply_overrides
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    files = argparse.ArgumentParser(add_help=False)
+    files.add_argument("--config", type=Path)
+    files.add_argument("--resume", type=Path)
+    known, _ = files.parse_known_args(argv)
+    if known.config and known.resume:
+        fail("error: --config and --resume exclude each other (a resumed run keeps its "
+             "checkpoint's config; flags still change fields)")
+    try:
+        if known.resume:
+            base = TrialConfig(**json.loads((known.resume / "config.json").read_text()))
+        elif known.config:
+            base = TrialConfig.from_yaml(known.config)
+        else:
+            base = TrialConfig()
+    except (OSError, ValueError, TypeError) as error:
+        fail(f"config error: {error}")
+    command = parse(TrainCommand, argv, default=TrainCommand(trial=base))
+    try:
+        trial = TrialConfig.from_dict(apply_overrides(command.trial.to_dict(), list(command.set)))
+    except ConfigError as error:
+        fail(f"config error: {error}")
+    return TrainCommand(trial, command.config, command.resume, (), command.run_name,
+                        command.quiet)
 
 
 def default_run_name(config: TrialConfig) -> str:
@@ -37,24 +75,27 @@ def default_run_name(config: TrialConfig) -> str:
     return f"{config.dataset}-{config.model}-{config.defense}-seed{config.seed}-{stamp}"
 
 
-def load_run(args: argparse.Namespace) -> tuple[TrainingRun, Path]:
+def load_run(command: TrainCommand) -> tuple[TrainingRun, Path]:
     from trainables.checkpoints import resume
-    from trainables.config import TrialConfig, apply_overrides
     from trainables.engine import TrainingRun
 
-    if args.resume:
-        config_values = json.loads((args.resume / "config.json").read_text())
-        config = TrialConfig.from_dict(apply_overrides(config_values, args.overrides))
+    config = command.trial
+    if command.resume:
         run = TrainingRun(config)
-        resume(run, args.resume)
-        return run, args.resume
-    config = TrialConfig.from_yaml(args.config, args.overrides)
-    run_dir = Path(config.output_dir) / (args.run_name or default_run_name(config))
+        resume(run, command.resume)
+        return run, command.resume
+    run_dir = Path(config.output_dir) / (command.run_name or default_run_name(config))
     return TrainingRun(config), run_dir / "checkpoint"
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def fail(message: str) -> NoReturn:
+    """Stop the command line: ``message`` on stderr, exit status 2."""
+    log(message)
+    raise SystemExit(2)
 
 
 def _saved_history(checkpoint: Path) -> list[dict]:
@@ -110,19 +151,15 @@ def train(run: TrainingRun, checkpoint: Path, *, quiet: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    command = parse_args(argv)
     from trainables.checkpoints import CheckpointError
-    from trainables.config import ConfigError
 
     try:
-        run, checkpoint = load_run(args)
-    except ConfigError as error:
-        log(f"config error: {error}")
-        return 2
+        run, checkpoint = load_run(command)
     except (CheckpointError, OSError) as error:
         log(f"cannot resume: {error}")
         return 2
-    final = train(run, checkpoint, quiet=args.quiet)
+    final = train(run, checkpoint, quiet=command.quiet)
     print(json.dumps(final))
     return 0
 
