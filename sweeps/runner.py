@@ -28,6 +28,7 @@ from sweeps.environment import code_version, create_sqlite_store
 from sweeps.resume import ResumableASHA, ResumableFIFO, ResumableOptunaSearch, has_snapshot
 from sweeps.samplers import create_sampler
 from sweeps.spec import SweepSpec
+from sweeps.storage import optuna_storage
 from trainables.config import merge
 from trainables.defenses import defense_class
 from trainables.trainable import (
@@ -65,7 +66,7 @@ def build_searcher(spec: SweepSpec, *, adopt_running: bool = False):
         sampler=create_sampler(spec.sampler, seed=spec.seed,
                                num_samples=spec.num_samples),
         study_name=spec.name,
-        storage=optuna.storages.RDBStorage(spec.optuna_storage),
+        storage=optuna_storage(spec.optuna_storage),
         adopt_running=adopt_running,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
@@ -73,7 +74,7 @@ def build_searcher(spec: SweepSpec, *, adopt_running: bool = False):
 
 def study_exists(spec: SweepSpec) -> bool:
     try:
-        optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
+        optuna.load_study(study_name=spec.name, storage=optuna_storage(spec.optuna_storage))
         return True
     except KeyError:
         return False
@@ -206,7 +207,8 @@ def close_orphans(spec: SweepSpec, tracking: Tracking, known: list[dict[str, str
             tracking.log(run.info.run_id, tags={"orphaned": ORPHANED})
             tracking.set_terminated(run.info.run_id, "KILLED")
     try:
-        study = optuna.load_study(study_name=spec.name, storage=spec.optuna_storage)
+        study = optuna.load_study(study_name=spec.name,
+                                  storage=optuna_storage(spec.optuna_storage))
     except KeyError:  # no study (a seeds-only or grid sweep never made one)
         return
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):

@@ -3,6 +3,7 @@ own process group so that a test stops exactly what it started (never ``ray stop
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -144,3 +145,62 @@ class MlflowServer:
         if self.process is not None:
             stop_group(self.process)
             self.process = None
+
+
+# -- what a finished sweep must hold ------------------------------------------------------------
+def summary_of(log: Path) -> dict:
+    lines = [line for line in log.read_text().splitlines() if line.startswith('{"trials"')]
+    assert lines, log.read_text()[-3000:]
+    return json.loads(lines[-1])
+
+
+def trial_runs(tracking_uri: str, experiment: str = "sweeps"):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return client, []
+    runs = client.search_runs([found.experiment_id], filter_string="tags.kind = 'trial'")
+    return client, runs
+
+
+def finished_optuna_trials(storage: str, study_name: str) -> int:
+    try:
+        import optuna
+
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except Exception:  # not created yet (or the database is mid-creation)
+        return 0
+    return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+
+
+def assert_sweep_consistent(summary: dict, tracking_uri: str, optuna_storage: str, study: str,
+                            num_samples: int) -> None:
+    """Exactly ``num_samples`` trials in Ray, Optuna (all finished) and MLflow; every run
+    holds each epoch of its trial once."""
+    assert summary["trials"] == num_samples and summary["errors"] == 0, summary
+    client, runs = trial_runs(tracking_uri)
+    runs = [r for r in runs if r.data.tags.get("sweep") == study]
+    numbers = sorted(r["trial_number"] for r in summary["results"])
+    assert numbers == list(range(num_samples))
+    assert sorted(int(r.data.tags["trial_number"]) for r in runs) == numbers
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)
+    assert not [r for r in runs if "orphaned" in r.data.tags]
+    by_number = {int(r.data.tags["trial_number"]): r for r in runs}
+    for result in summary["results"]:
+        run = by_number[result["trial_number"]]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id,
+                                                           "val_robust_accuracy")]
+        assert sorted(steps) == list(range(1, max(steps) + 1)), (result, steps)
+        assert max(steps) >= result["epochs"]
+        if run.info.status == "FINISHED":
+            files = {a.path for a in client.list_artifacts(run.info.run_id, "best_checkpoint")}
+            assert "best_checkpoint/model.safetensors" in files
+    import optuna
+
+    trials = optuna.load_study(study_name=study, storage=optuna_storage).trials
+    assert len(trials) == num_samples
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), trials
+
+

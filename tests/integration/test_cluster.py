@@ -7,9 +7,7 @@ import json
 import os
 import subprocess
 import time
-from pathlib import Path
 
-import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -18,27 +16,16 @@ from tests.integration.cluster import (
     ROOT,
     MlflowServer,
     RayNode,
+    assert_sweep_consistent,
+    finished_optuna_trials,
     kill_group,
     spawn,
+    summary_of,
+    trial_runs,
 )
 
 pytestmark = pytest.mark.integration
 SMOKE = ["sweeps/emr_wrn.py", "--smoke"]
-
-
-def summary_of(log: Path) -> dict:
-    lines = [line for line in log.read_text().splitlines() if line.startswith('{"trials"')]
-    assert lines, log.read_text()[-3000:]
-    return json.loads(lines[-1])
-
-
-def trial_runs(tracking_uri: str, experiment: str = "sweeps"):
-    client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return client, []
-    runs = client.search_runs([found.experiment_id], filter_string="tags.kind = 'trial'")
-    return client, runs
 
 
 def wait_for(condition, timeout_s: float, what: str, poll_s: float = 2.0):
@@ -91,41 +78,6 @@ def test_ray_job_submit_runs_the_smoke_sweep(tmp_path):
         assert len(rows) == 2 and all("pgd_steps_5_accuracy" in r.data.metrics for r in rows)
     finally:
         head.stop()
-
-
-def finished_optuna_trials(storage: str, study_name: str) -> int:
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except Exception:  # not created yet (or the database is mid-creation)
-        return 0
-    return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
-
-
-def assert_sweep_consistent(summary: dict, tracking_uri: str, optuna_storage: str, study: str,
-                            num_samples: int) -> None:
-    """Exactly ``num_samples`` trials in Ray, Optuna (all finished) and MLflow; every run
-    holds each epoch of its trial once."""
-    assert summary["trials"] == num_samples and summary["errors"] == 0, summary
-    client, runs = trial_runs(tracking_uri)
-    runs = [r for r in runs if r.data.tags.get("sweep") == study]
-    numbers = sorted(r["trial_number"] for r in summary["results"])
-    assert numbers == list(range(num_samples))
-    assert sorted(int(r.data.tags["trial_number"]) for r in runs) == numbers
-    assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)
-    assert not [r for r in runs if "orphaned" in r.data.tags]
-    by_number = {int(r.data.tags["trial_number"]): r for r in runs}
-    for result in summary["results"]:
-        run = by_number[result["trial_number"]]
-        steps = [m.step for m in client.get_metric_history(run.info.run_id,
-                                                           "val_robust_accuracy")]
-        assert sorted(steps) == list(range(1, max(steps) + 1)), (result, steps)
-        assert max(steps) >= result["epochs"]
-        if run.info.status == "FINISHED":
-            files = {a.path for a in client.list_artifacts(run.info.run_id, "best_checkpoint")}
-            assert "best_checkpoint/model.safetensors" in files
-    trials = optuna.load_study(study_name=study, storage=optuna_storage).trials
-    assert len(trials) == num_samples
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), trials
 
 
 def test_resume_after_the_driver_is_killed(tmp_path):
