@@ -41,6 +41,7 @@ from ray.train._internal.session import _TrainingResult
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from sweeps.storage import patiently
 from trainables.trainable import RECORD, TRIAL_NUMBER, report_of
 
 log = logging.getLogger(__name__)
@@ -151,10 +152,12 @@ class RestoresNewestCheckpoint:
         known = manager.latest_checkpoint_result if manager is not None else None
         if known is not None:
             storage = trial.storage
-            newest = newest_checkpoint(storage.storage_filesystem, storage.trial_fs_path)
+            newest = patiently(newest_checkpoint, storage.storage_filesystem,
+                               storage.trial_fs_path, what="Ray Tune's storage")
             if newest is not None and newest.checkpoint.path != known.checkpoint.path and (
                     newest.checkpoint.path > known.checkpoint.path
-                    or is_complete(storage.storage_filesystem, known.checkpoint.path) is None):
+                    or patiently(is_complete, storage.storage_filesystem,
+                                 known.checkpoint.path, what="Ray Tune's storage") is None):
                 log.info("trial %s resumes from %s (Tune's snapshot named %s)", trial.trial_id,
                          newest.checkpoint.path.rsplit("/", 1)[-1],
                          known.checkpoint.path.rsplit("/", 1)[-1])

@@ -5,7 +5,8 @@ upgrade, a failover). Optuna's ``RDBStorage`` fails the first call after the ser
 (a pooled connection is dead) and every call while it is down, and a failed ``tell`` in the
 driver ends the sweep. :class:`PatientStorage` checks pooled connections before use and retries
 a call whose connection was lost, with backoff, for up to ``patience_s`` (3 minutes by default);
-any other error (a constraint, bad data) is raised at once.
+any other error (a constraint, bad data) is raised at once. :func:`patiently` does the same for
+Ray Tune's storage (an S3 endpoint) around the calls a sweep makes to it.
 """
 
 from __future__ import annotations
@@ -68,3 +69,22 @@ for _name in sorted(optuna.storages.BaseStorage.__abstractmethods__ | {"record_h
 def optuna_storage(url: str) -> PatientStorage:
     """The storage at ``url`` (``sqlite:///…``, ``postgresql://…``)."""
     return PatientStorage(url)
+
+
+
+# -- Ray Tune's storage ----------------------------------------------------------------------
+def patiently(call, *args, patience_s: float = 180.0, what: str = "storage", **kwargs):
+    """``call(*args, **kwargs)``, retried with backoff while it fails with ``OSError`` (Ray
+    Tune's storage unreachable: an S3 endpoint that stops answering fails each call within
+    seconds), for up to ``patience_s``; then the last error is raised."""
+    deadline, delay = time.monotonic() + patience_s, 1.0
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except OSError as error:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s unreachable (%s); retrying in %.0f s", what,
+                        str(error).splitlines()[0][:200], delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 10.0)

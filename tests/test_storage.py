@@ -37,3 +37,30 @@ def test_lost_connection_reads_the_cause_chain():
     wrapped = RuntimeError("outer")
     wrapped.__cause__ = lost
     assert lost_connection(wrapped) and not lost_connection(ValueError("bad"))
+
+
+def test_patiently_retries_storage_errors_until_its_patience_runs_out(monkeypatch):
+    from sweeps.storage import patiently
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr("time.monotonic", lambda: clock["t"])
+    monkeypatch.setattr("time.sleep", lambda s: clock.__setitem__("t", clock["t"] + s))
+    calls = []
+
+    def flaky():
+        calls.append(clock["t"])
+        if len(calls) < 4:
+            raise OSError("AWS Error NETWORK_CONNECTION during HeadBucket operation")
+        return "stored"
+
+    assert patiently(flaky, patience_s=60) == "stored" and len(calls) == 4
+
+    def down():
+        raise OSError("Timeout was reached")
+
+    clock["t"] = 0.0
+    with pytest.raises(OSError):
+        patiently(down, patience_s=30)
+    assert 20 <= clock["t"] <= 30
+    with pytest.raises(ValueError):
+        patiently(lambda: (_ for _ in ()).throw(ValueError("not a storage error")))

@@ -22,6 +22,7 @@ from ray import tune
 
 from dashboards.queue import submission_tags
 from dashboards.runs import TrialTracker, now_ms
+from sweeps.storage import patiently
 from trainables.checkpoints import resume, save_checkpoint
 from trainables.config import TrialConfig, merge
 from trainables.engine import TrainingRun
@@ -129,5 +130,8 @@ def train_trial(config: dict[str, Any]) -> None:
                             tags=submission_tags(record["best"], OBJECTIVE))
         elif tracker is not None:
             tracker.sync(record["history"])
-        tune.report(report_of(record), checkpoint=tune.Checkpoint.from_directory(str(workdir)))
+        # the checkpoint upload fails while the storage (an S3 endpoint) does not answer
+        patiently(tune.report, report_of(record),
+                  checkpoint=tune.Checkpoint.from_directory(str(workdir)),
+                  what="Ray Tune's storage")
     shutil.rmtree(workdir, ignore_errors=True)

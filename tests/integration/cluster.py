@@ -36,6 +36,7 @@ def stop_group(process: subprocess.Popen, grace_s: float = 5.0) -> None:
             return
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
+            process.poll()  # reap the leader: a zombie still counts as a member of its group
             if not _group_alive(process.pid):
                 return
             time.sleep(0.2)
