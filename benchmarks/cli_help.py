@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["", "train", "sweep", "pool", "evaluate", "report", "leaderboard", "compare"]
+COMMANDS = ["", "train", "sweep", "sweep emr_wrn", "sweep lma_resnet18", "pool", "evaluate",
+            "report", "leaderboard", "compare"]
 
 
 def seconds(argv: list[str]) -> float:
@@ -33,7 +34,7 @@ def main() -> int:
     args = parser.parse_args()
     console = str(Path(sys.executable).parent / "robust-sweeps")
     runs = {"(bare python)": [sys.executable, "-c", "pass"]}
-    runs |= {f"robust-sweeps {c} --help".replace("  ", " "): [console, *([c] if c else []),
+    runs |= {f"robust-sweeps {c} --help".replace("  ", " "): [console, *c.split(),
                                                               "--help"] for c in COMMANDS}
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):
