@@ -5,7 +5,8 @@ storage, MLflow's artifacts) and the MLflow server, all on the head host, reache
 The head runs the Ray head (no CPUs for trials) and the drivers; trials run on the two worker
 hosts. Faults: a worker's network cut mid-trial and restored, a worker's processes killed,
 PostgreSQL restarted mid-sweep, the object store down for 30 s, the pool killed and restarted,
-two pools at once. After each, every check of ``assert_sweep_consistent`` (exactly the trials
+two pools at once; then the leaderboard and the report read it all from a worker host. After
+each sweep fault, every check of ``assert_sweep_consistent`` (exactly the trials
 asked for in Ray, Optuna and MLflow, each epoch logged once, checkpoints there) runs on the
 head, as a client of the services.
 """
@@ -296,3 +297,22 @@ def test_a_killed_pool_restarts_without_redoing_units(cluster, pending):
     assert sorted(row["source"] for row in rows) == pending
     for row in rows:
         assert row["metrics"] == reference[row["source"]], row["source"]
+
+
+def test_the_report_and_leaderboard_read_the_shared_services(cluster, pending):
+    """From a worker host, through the flags alone: the leaderboard rows the pools wrote and the
+    HTML report with the sweeps' Optuna studies from PostgreSQL."""
+    s = cluster.services
+    if not cluster.ask("leaderboard", s.tracking_uri, "lb-two"):
+        pytest.skip("needs the two-pool evaluation above")
+    worker = cluster.hosts["w2"]
+    shown = worker.run([str(BIN / "robust-sweeps"), "leaderboard", "--tracking-uri",
+                        s.tracking_uri, "--experiment", "lb-two", "--format", "csv"],
+                       env=s.client_env)
+    assert len(shown.stdout.strip().splitlines()) == 1 + len(pending), shown.stdout
+    out = cluster.root / "report"
+    made = worker.run([str(BIN / "robust-sweeps"), "report", "--tracking-uri", s.tracking_uri,
+                       "--experiment", "lb-two", "--optuna-storage", s.optuna_storage,
+                       "--out", str(out)], env=s.client_env)
+    assert (out / "index.html").is_file(), made.stdout + made.stderr
+    assert str(out / "index.html") in made.stdout
