@@ -4,7 +4,8 @@ storage, MLflow's artifacts) and the MLflow server, all on the head host, reache
 
 The head runs the Ray head (no CPUs for trials) and the drivers; trials run on the two worker
 hosts. Faults: a worker's network cut mid-trial and restored, a worker's processes killed,
-PostgreSQL restarted mid-sweep, the object store down for 30 s, the pool killed and restarted,
+PostgreSQL restarted mid-sweep, the object store down for 30 s, the MLflow server down for
+60 s, the pool killed and restarted,
 two pools at once; then the leaderboard and the report read it all from a worker host. After
 each sweep fault, every check of ``assert_sweep_consistent`` (exactly the trials
 asked for in Ray, Optuna and MLflow, each epoch logged once, checkpoints there) runs on the
