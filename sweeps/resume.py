@@ -41,7 +41,7 @@ from ray.train._internal.session import _TrainingResult
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from sweeps.storage import patiently
+from sweeps.retry import patiently
 from trainables.trainable import RECORD, TRIAL_NUMBER, report_of
 
 log = logging.getLogger(__name__)

@@ -5,20 +5,17 @@ upgrade, a failover). Optuna's ``RDBStorage`` fails the first call after the ser
 (a pooled connection is dead) and every call while it is down, and a failed ``tell`` in the
 driver ends the sweep. :class:`PatientStorage` checks pooled connections before use and retries
 a call whose connection was lost, with backoff, for up to ``patience_s`` (3 minutes by default);
-any other error (a constraint, bad data) is raised at once. :func:`patiently` does the same for
-Ray Tune's storage (an S3 endpoint) around the calls a sweep makes to it.
+any other error (a constraint, bad data) is raised at once.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
-import time
 
 import optuna
 import sqlalchemy.exc
 
-log = logging.getLogger(__name__)
+from sweeps.retry import retrying
 
 LOST_CONNECTION = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
 
@@ -40,17 +37,8 @@ class PatientStorage(optuna.storages.RDBStorage):
         self._patiently(super().__init__, url, engine_kwargs=engine_kwargs)
 
     def _patiently(self, call, *args, **kwargs):
-        deadline, delay = time.monotonic() + self.patience_s, 0.5
-        while True:
-            try:
-                return call(*args, **kwargs)
-            except Exception as error:
-                if not lost_connection(error) or time.monotonic() + delay > deadline:
-                    raise
-                log.warning("Optuna storage unreachable (%s); retrying in %.1f s",
-                            type(error).__name__, delay)
-                time.sleep(delay)
-                delay = min(2 * delay, 5.0)
+        return retrying(call, *args, retry_if=lost_connection, patience_s=self.patience_s,
+                        what="Optuna storage", first_delay=0.5, max_delay=5.0, **kwargs)
 
 
 def _retried(name: str):
@@ -71,20 +59,3 @@ def optuna_storage(url: str) -> PatientStorage:
     return PatientStorage(url)
 
 
-
-# -- Ray Tune's storage ----------------------------------------------------------------------
-def patiently(call, *args, patience_s: float = 180.0, what: str = "storage", **kwargs):
-    """``call(*args, **kwargs)``, retried with backoff while it fails with ``OSError`` (Ray
-    Tune's storage unreachable: an S3 endpoint that stops answering fails each call within
-    seconds), for up to ``patience_s``; then the last error is raised."""
-    deadline, delay = time.monotonic() + patience_s, 1.0
-    while True:
-        try:
-            return call(*args, **kwargs)
-        except OSError as error:
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning("%s unreachable (%s); retrying in %.0f s", what,
-                        str(error).splitlines()[0][:200], delay)
-            time.sleep(delay)
-            delay = min(2 * delay, 10.0)

@@ -40,7 +40,7 @@ def test_lost_connection_reads_the_cause_chain():
 
 
 def test_patiently_retries_storage_errors_until_its_patience_runs_out(monkeypatch):
-    from sweeps.storage import patiently
+    from sweeps.retry import patiently
 
     clock = {"t": 0.0}
     monkeypatch.setattr("time.monotonic", lambda: clock["t"])

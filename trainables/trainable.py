@@ -22,7 +22,7 @@ from ray import tune
 
 from dashboards.queue import submission_tags
 from dashboards.runs import TrialTracker, now_ms
-from sweeps.storage import patiently
+from sweeps.retry import patiently
 from trainables.checkpoints import resume, save_checkpoint
 from trainables.config import TrialConfig, merge
 from trainables.engine import TrainingRun

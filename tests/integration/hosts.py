@@ -60,8 +60,9 @@ def ip(*args: str) -> None:
 
 
 class Host:
-    def __init__(self, name: str, namespace: str, address: str, port: str) -> None:
+    def __init__(self, name: str, namespace: str, address: str, port: str, switch: str) -> None:
         self.name, self.namespace, self.address, self.port = name, namespace, address, port
+        self.switch = switch  # the namespace holding the bridge this host's port is on
         self.processes: list[subprocess.Popen] = []
 
     def command(self, args: list[str]) -> list[str]:
@@ -98,8 +99,6 @@ class Host:
     def restore(self) -> None:
         ip("-n", self.switch, "link", "set", self.port, "up")
 
-    switch = ""
-
 
 class Hosts:
     """``head`` (198.51.100.1), ``w1`` (.2), ``w2`` (.3) on one switch."""
@@ -123,9 +122,8 @@ class Hosts:
                 ip("-n", namespace, "link", "set", "lo", "up")
                 ip("-n", namespace, "addr", "add", f"{SUBNET}.{number}/24", "dev", "eth0")
                 ip("-n", namespace, "link", "set", "eth0", "up")
-                host = Host(name, namespace, f"{SUBNET}.{number}", port)
-                host.switch = self.switch
-                self.hosts[name] = host
+                self.hosts[name] = Host(name, namespace, f"{SUBNET}.{number}", port,
+                                        self.switch)
         except BaseException:
             self.close()
             raise

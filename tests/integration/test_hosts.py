@@ -201,13 +201,18 @@ def test_a_worker_hosts_processes_killed_mid_trial(cluster):
     cluster.rejoin("w2")
 
 
-def test_postgresql_restarted_mid_sweep(cluster):
-    def restart(c: Cluster) -> None:
-        c.services.stop_postgres()
-        time.sleep(5)
-        c.services.start_postgres()
+def down_for(service: str, seconds: float):
+    """A fault: the head's ``service`` (postgres, mlflow) stopped for ``seconds``, then started."""
+    def fault(c: Cluster) -> None:
+        getattr(c.services, f"stop_{service}")()
+        time.sleep(seconds)
+        getattr(c.services, f"start_{service}")()
 
-    sweep_through(cluster, "pgrestart", restart)
+    return fault
+
+
+def test_postgresql_restarted_mid_sweep(cluster):
+    sweep_through(cluster, "pgrestart", down_for("postgres", 5))
 
 
 def test_the_object_store_down_for_30_s(cluster):
@@ -224,12 +229,7 @@ def test_the_object_store_down_for_30_s(cluster):
 
 
 def test_the_mlflow_server_down_for_60_s(cluster):
-    def outage(c: Cluster) -> None:
-        c.services.stop_mlflow()
-        time.sleep(60)
-        c.services.start_mlflow()
-
-    sweep_through(cluster, "mlflowdown", outage)
+    sweep_through(cluster, "mlflowdown", down_for("mlflow", 60))
 
 
 POOL_ATTACKS = ("pgd:steps=20", "square:queries=50")
