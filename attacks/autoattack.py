@@ -30,9 +30,14 @@ _LOCK = threading.Lock()  # settrace-based checks and the shared counter are per
 _PART_ACCURACY = re.compile(r"robust accuracy after (\S+): ([0-9.]+)%")
 
 
+RAND_EOT_SAMPLES = 20  # pyautoattack's EOT iterations in the ``rand`` version
+
+
 def settings(*, epsilon: float, version: str = "standard", parts: list[str] | None = None,
-             norm: str = "linf", seed: int = 0, square_queries: int = 5000) -> dict[str, Any]:
-    """Validated settings; ``parts`` picks a custom subset of the standard-configured parts."""
+             norm: str = "linf", seed: int = 0, square_queries: int = 5000,
+             eot_samples: int | None = None) -> dict[str, Any]:
+    """Validated settings; ``parts`` picks a custom subset of the standard-configured parts;
+    ``eot_samples`` sets the ``rand`` version's EOT iterations (20 by default)."""
     if version not in VERSIONS:
         raise ValueError(f"unknown AutoAttack version {version!r}; known: {', '.join(VERSIONS)}")
     if norm not in NORMS:
@@ -44,17 +49,29 @@ def settings(*, epsilon: float, version: str = "standard", parts: list[str] | No
         parts = list(parts)
     if epsilon <= 0:
         raise ValueError("AutoAttack needs epsilon > 0")
-    return {"epsilon": float(epsilon), "version": version, "parts": parts, "norm": norm,
-            "seed": int(seed), "square_queries": int(square_queries)}
+    chosen = {"epsilon": float(epsilon), "version": version, "parts": parts, "norm": norm,
+              "seed": int(seed), "square_queries": int(square_queries)}
+    if version == "rand":
+        if eot_samples is not None and eot_samples < 1:
+            raise ValueError(f"eot_samples must be positive, got {eot_samples}")
+        if eot_samples not in (None, RAND_EOT_SAMPLES):  # the default stays implicit
+            chosen["eot_samples"] = int(eot_samples)
+    elif eot_samples not in (None, 1):
+        raise ValueError("AutoAttack averages over EOT samples only in version='rand'")
+    return chosen
 
 
 def build(model: torch.nn.Module, *, epsilon: float, version: str, parts: list[str] | None,
-          norm: str, seed: int, square_queries: int, device: torch.device) -> AutoAttack:
+          norm: str, seed: int, square_queries: int, device: torch.device,
+          eot_samples: int | None = None) -> AutoAttack:
     adversary = AutoAttack(model, eps=epsilon, norm=NORMS[norm], seed=seed, version=version,
                            device=device)
     if parts is not None:
         adversary.attacks_to_run = list(parts)
     adversary.square.n_queries = square_queries
+    if eot_samples is not None:
+        adversary.apgd.eot_iter = eot_samples
+        adversary.apgd_targeted.eot_iter = eot_samples
     return adversary
 
 

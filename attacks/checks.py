@@ -1,9 +1,10 @@
 """Integrity flags: signs that an evaluation overstates robustness.
 
-Two kinds. ``model_flags`` probes the model itself: randomness in the forward pass, modules
-still in training mode after ``eval()``, outputs that depend on the rest of the batch,
-probabilities instead of logits, zero input gradients on many points, and pyautoattack's own
-checks (randomness, output range, dynamic graph) run with its global counter reset.
+Two kinds. ``model_flags`` probes the model itself: NaN or infinite logits, randomness in the
+forward pass, modules still in training mode after ``eval()``, outputs that depend on the rest
+of the batch, probabilities instead of logits, zero input gradients on many points, and
+pyautoattack's own checks (randomness, output range, dynamic graph) run with its global counter
+reset.
 ``result_flags`` reads attack results: a black-box attack breaking points every white-box attack
 missed, PGD far weaker than AutoAttack, robust accuracy not falling as ε grows. Every flag is a
 plain sentence; an empty list means nothing looked wrong. Thresholds live in
@@ -52,6 +53,12 @@ def training_modules(model: nn.Module) -> list[str]:
     """Names of submodules still training after ``model.eval()``."""
     model.eval()
     return [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+
+
+def non_finite_fraction(model: nn.Module, x: torch.Tensor) -> float:
+    """Share of points whose logits hold NaN or ±∞."""
+    model.eval()
+    return (~torch.isfinite(_forward(model, x)).all(-1)).float().mean().item()
 
 
 def is_random(model: nn.Module, x: torch.Tensor, repeats: int = 3) -> bool:
@@ -110,6 +117,10 @@ def model_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: 
     was_training = model.training
     flags: list[str] = []
     try:
+        bad = non_finite_fraction(model, x)
+        if bad:
+            flags.append(f"NaN or infinite logits on {bad:.0%} of clean points (counted as "
+                         "misclassified)")
         stuck = training_modules(model)
         if stuck:
             shown = ", ".join(stuck[:5]) + (" …" if len(stuck) > 5 else "")

@@ -22,22 +22,28 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.checks import DEFAULT_CHECKS, CheckSettings, model_flags, result_flags
+from attacks.checks import (
+    DEFAULT_CHECKS,
+    CheckSettings,
+    is_random,
+    model_flags,
+    result_flags,
+)
+from attacks.identity import column_of
+from attacks.indicators import DEFAULT_INDICATORS, IndicatorSettings, run_indicators
 from attacks.pgd import model_mode
+from attacks.schema import (
+    Accuracy,
+    AttackRecord,
+    CurvePoint,
+    EvaluationRecord,
+    Source,
+    TrainingRecord,
+    wilson_interval,
+)
 from attacks.suite import Attack, create_attack
 
-Z_95 = 1.959963984540054
 Progress = Callable[[str], None]
-
-
-def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
-    """95% Wilson score interval for a binomial proportion (0, 1 when n = 0)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def summary(robust: torch.Tensor) -> dict[str, float | int]:
@@ -48,7 +54,10 @@ def summary(robust: torch.Tensor) -> dict[str, float | int]:
 
 @dataclass
 class AttackResult:
-    """One attack's outcome on the evaluated points (robust = still correctly classified)."""
+    """One attack's outcome on the evaluated points (robust = still correctly classified).
+
+    ``column``: the leaderboard column of the attack's canonical identity
+    (:mod:`attacks.identity`); empty until :meth:`to_record` derives it."""
 
     label: str
     name: str
@@ -58,21 +67,43 @@ class AttackResult:
     seconds: float
     flags: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    column: str = ""
+
+    def to_record(self, clean: torch.Tensor | None = None) -> AttackRecord:
+        """As schema data; the accuracy is over the points also correct on ``clean``."""
+        counted = self.robust if clean is None else self.robust & clean
+        eot_samples = self.settings.get("eot_samples", 1)
+        return AttackRecord(
+            self.label, self.name, self.column or column_of(self.label, self.name, self.settings),
+            self.white_box, self.settings, tuple(bool(v) for v in self.robust.tolist()),
+            Accuracy.of(counted.tolist()), self.seconds, tuple(self.flags), self.details,
+            isinstance(eot_samples, int) and eot_samples > 1)
+
+    @classmethod
+    def from_record(cls, record: AttackRecord) -> AttackResult:
+        return cls(record.label, record.name, record.white_box, dict(record.settings),
+                   torch.tensor(record.robust, dtype=torch.bool), record.seconds,
+                   list(record.flags), dict(record.details), record.column)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**summary(self.robust), "name": self.name, "white_box": self.white_box,
-                "seconds": self.seconds, "settings": self.settings, "flags": self.flags,
-                "details": self.details, "robust": [bool(v) for v in self.robust.tolist()]}
+        return self.to_record().to_dict()
 
     @classmethod
     def from_dict(cls, label: str, data: dict[str, Any]) -> AttackResult:
-        return cls(label, data["name"], data["white_box"], data["settings"],
-                   torch.tensor(data["robust"], dtype=torch.bool), data["seconds"],
-                   list(data.get("flags", [])), dict(data.get("details", {})))
+        result = cls.from_record(AttackRecord.from_dict(data, label))
+        result.label = label
+        if "column" not in data:  # an entry older than columns: derive the canonical one
+            result.column = ""
+        return result
 
 
 @dataclass
 class Report:
+    """A whole evaluation, per-example flags as tensors; :meth:`to_record` gives it as schema
+    data (:class:`attacks.schema.EvaluationRecord`), :meth:`from_record` rebuilds it.
+    ``eot_samples`` > 0: the forward pass is random and the attacks ran in their EOT forms over
+    that many passes; ``adversarial``: per broken example, the point that broke it."""
+
     epsilon: float
     norm: str
     seed: int
@@ -82,6 +113,10 @@ class Report:
     epsilon_curve: list[dict[str, float]] = field(default_factory=list)
     check_settings: CheckSettings = field(default_factory=CheckSettings)
     margins: dict[str, list[float]] = field(default_factory=dict)  # per-example, by kind
+    indicators: list[dict[str, Any]] = field(default_factory=list)
+    eot_samples: int = 0
+    mode: str = "full"
+    adversarial: Broken | None = None
 
     @property
     def n(self) -> int:
@@ -103,26 +138,57 @@ class Report:
     def accuracy(self, label: str) -> float:
         return self.attacks[label].robust.float().mean().item()
 
+    def to_record(self, *, plan: dict[str, Any] | None = None, source: Source | None = None,
+                  training: TrainingRecord | None = None,
+                  dataset: str | None = None) -> EvaluationRecord:
+        """The evaluation as schema data, with its plan (``Plan.to_dict()``), source and
+        training record; EOT when the report or the plan says so."""
+        samples = max(self.eot_samples, int((plan or {}).get("eot_samples") or 0))
+        return EvaluationRecord(
+            n=self.n, epsilon=self.epsilon, norm=self.norm, eval_seed=self.seed,
+            clean_correct=tuple(bool(v) for v in self.clean.tolist()),
+            attacks=tuple(r.to_record(self.clean) for r in self.attacks.values()),
+            flags=tuple(self.flags), trusted=self.trusted,
+            check_settings=self.check_settings.to_dict(),
+            epsilon_curve=tuple(CurvePoint.from_dict(p) for p in self.epsilon_curve),
+            margins={kind: tuple(values) for kind, values in self.margins.items()},
+            indicators=tuple(dict(i) for i in self.indicators), eot=samples > 0,
+            eot_samples=max(samples, 1), mode=self.mode, dataset=dataset, plan=plan,
+            source=source or Source(), training=training)
+
+    @classmethod
+    def from_record(cls, record: EvaluationRecord) -> Report:
+        return cls(record.epsilon, record.norm, record.eval_seed,
+                   torch.tensor(record.clean_correct, dtype=torch.bool),
+                   {a.label: AttackResult.from_record(a) for a in record.attacks},
+                   list(record.flags), [p.to_dict() for p in record.epsilon_curve],
+                   CheckSettings(**record.check_settings),
+                   {kind: list(values) for kind, values in record.margins.items()},
+                   [dict(i) for i in record.indicators],
+                   record.eot_samples if record.eot else 0, record.mode)
+
     def to_dict(self) -> dict[str, Any]:
-        clean, worst = summary(self.clean), summary(self.worst_case)
-        return {"n": self.n, "epsilon": self.epsilon, "norm": self.norm, "seed": self.seed,
-                "clean_accuracy": clean["accuracy"], "clean": clean,
-                "worst_case_accuracy": worst["accuracy"], "worst_case": worst,
-                "flags": list(self.flags), "trusted": self.trusted,
-                "check_settings": self.check_settings.to_dict(),
-                "attacks": {label: r.to_dict() for label, r in self.attacks.items()},
-                "epsilon_curve": self.epsilon_curve, "margins": self.margins,
-                "clean_correct": [bool(v) for v in self.clean.tolist()]}
+        """The schema document (:meth:`to_record`, as JSON-ready data)."""
+        return self.to_record().to_dict()
 
 
 # -- pieces ------------------------------------------------------------------------------------
+NOT_A_CLASS = -1  # the prediction recorded for NaN or infinite logits: never a label
+
+
 @torch.no_grad()
 def predictions(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Predicted classes; a point whose logits hold NaN or ±∞ gets ``NOT_A_CLASS``, so it
+    counts as misclassified (a model that breaks down is not robust)."""
     if len(x) == 0:
         return torch.zeros(0, dtype=torch.long, device=x.device)
     with model_mode(model, "eval"):
-        return torch.cat([model(x[i:i + batch_size]).argmax(1)
-                          for i in range(0, len(x), batch_size)])
+        parts = []
+        for i in range(0, len(x), batch_size):
+            logits = model(x[i:i + batch_size])
+            finite = torch.isfinite(logits).all(1)
+            parts.append(torch.where(finite, logits.argmax(1), NOT_A_CLASS))
+        return torch.cat(parts)
 
 
 def clean_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -130,27 +196,78 @@ def clean_flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return predictions(model, x, batch_size) == y
 
 
+# How an attack averages over a randomised forward pass (Expectation over Transformation,
+# Athalye et al. 2018, §4.1): AutoAttack's own ``rand`` version (Croce & Hein 2020, §5), and
+# PGD's gradient averaged over ``eot_samples`` passes. Attacks without an entry run as they are.
+EOT_FORMS: dict[str, Callable[[int], dict[str, Any]]] = {
+    "autoattack": lambda samples: {"version": "rand", "eot_samples": samples},
+    "pgd": lambda samples: {"eot_samples": samples},
+    "l2-pgd": lambda samples: {"eot_samples": samples},
+}
+EOT_MODES = ("auto", "always", "never")
+
+
 def build_attack(spec: str | Attack, *, epsilon: float, norm: str, seed: int,
-                 **extra: Any) -> tuple[str, Attack]:
-    """``(label, attack)``; the shared ``epsilon``/``norm``/``seed`` fill what a spec omits."""
+                 eot_samples: int = 0, **extra: Any) -> tuple[str, Attack]:
+    """``(label, attack)``; the shared ``epsilon``/``norm``/``seed`` fill what a spec omits.
+    With ``eot_samples`` the attack takes its EOT form (:data:`EOT_FORMS`), whatever the spec
+    said: numbers of a deterministic attack on a random model never stand."""
     if isinstance(spec, Attack):
         return spec.name, spec
-    return spec, create_attack(spec, defaults={"epsilon": epsilon, "norm": norm, "seed": seed,
-                                               **extra})
+    defaults = {"epsilon": epsilon, "norm": norm, "seed": seed, **extra}
+    attack = create_attack(spec, defaults=defaults)
+    if eot_samples and attack.name in EOT_FORMS:
+        attack = create_attack(spec, defaults=defaults, **EOT_FORMS[attack.name](eot_samples))
+    return spec, attack
 
 
-def _outside(x_adv: torch.Tensor, x: torch.Tensor, epsilon: float, norm: str) -> int:
-    delta = (x_adv - x).flatten(1)
+def needs_eot(model: nn.Module, x: torch.Tensor, mode: str = "auto", probe: int = 64) -> bool:
+    """Whether to attack with EOT: ``always``, ``never``, or (``auto``) when the same input
+    gives different logits in eval mode."""
+    if mode not in EOT_MODES:
+        raise ValueError(f"unknown EOT mode {mode!r}; known: {', '.join(EOT_MODES)}")
+    if mode != "auto":
+        return mode == "always"
+    with model_mode(model, "eval"):
+        return is_random(model, x[:probe])
+
+
+def threat_model_violations(x_adv: torch.Tensor, x: torch.Tensor, epsilon: float,
+                            norm: str) -> dict[str, int]:
+    """How many adversarial points hold NaN or ±∞, leave [0, 1], or leave the ε-ball."""
+    finite = torch.isfinite(x_adv).flatten(1).all(1)
+    safe = torch.where(torch.isfinite(x_adv), x_adv, x)
+    delta = (safe - x).flatten(1)
     size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
-    box = (x_adv < -1e-6).flatten(1).any(1) | (x_adv > 1 + 1e-6).flatten(1).any(1)
-    return int(((size > epsilon * (1 + 1e-4) + 1e-6) | box).sum())
+    box = (safe < -1e-6).flatten(1).any(1) | (safe > 1 + 1e-6).flatten(1).any(1)
+    ball = size > epsilon * (1 + 1e-4) + 1e-6
+    return {"not finite": int((~finite).sum()), "outside [0, 1]": int((finite & box).sum()),
+            "outside the ε-ball": int((finite & ball).sum())}
 
 
-def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack, *,
-               label: str | None = None, clean: torch.Tensor | None = None,
-               batch_size: int = 256, epsilon: float | None = None,
-               norm: str = "linf") -> AttackResult:
-    """Attack the clean-correct points in batches; per-example robust flags for all points."""
+@dataclass(frozen=True)
+class Broken:
+    """Adversarial points that broke examples: ``index`` among the evaluated points."""
+
+    index: torch.Tensor  # long, ascending
+    x_adv: torch.Tensor
+
+    @classmethod
+    def none(cls, like: torch.Tensor) -> Broken:
+        return cls(torch.zeros(0, dtype=torch.long, device=like.device), like[:0].clone())
+
+    def shifted(self, offset: int) -> Broken:
+        return Broken(self.index + offset, self.x_adv)
+
+
+def attack_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack, *,
+                  label: str | None = None, clean: torch.Tensor | None = None,
+                  batch_size: int = 256, epsilon: float | None = None,
+                  norm: str = "linf") -> tuple[AttackResult, Broken]:
+    """Attack the clean-correct points in batches: per-example robust flags for all points, and
+    the adversarial points that broke them. An attack whose points hold NaN or leave the threat
+    model is refused (RuntimeError); NaN or infinite logits at an adversarial point count as
+    broken and raise a flag."""
     started = time.perf_counter()
     clean = clean_flags(model, x, y, batch_size) if clean is None else clean
     robust = torch.zeros(len(x), dtype=torch.bool, device=x.device)
@@ -161,19 +278,57 @@ def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attac
     # AutoAttack batches internally; passing it every clean-correct point at once keeps its
     # batches identical to a direct pyautoattack call on the same points.
     chunk = len(index) if attack.name in _AUTOATTACK_NAMES else batch_size
-    outside = 0
+    violations: dict[str, int] = {}
+    broken_index, broken_points, non_finite = [], [], 0
     for start in range(0, len(index), max(chunk, 1)):
         part = index[start:start + chunk]
         output = attack.run(model, x[part], y[part])
-        outside += _outside(output.x_adv, x[part], epsilon, norm)
-        robust[part] = predictions(model, output.x_adv, batch_size) == y[part]
+        for kind, count in threat_model_violations(output.x_adv, x[part], epsilon,
+                                                   norm).items():
+            violations[kind] = violations.get(kind, 0) + count
+        predicted = predictions(model, output.x_adv, batch_size)
+        non_finite += int((predicted == NOT_A_CLASS).sum())
+        robust[part] = predicted == y[part]
+        broken_index.append(part[predicted != y[part]])
+        broken_points.append(output.x_adv[predicted != y[part]])
         flags = merge_flags(flags, output.flags)
         details = merge_details(details, output.details)
-    if outside:
-        raise RuntimeError(f"attack {label or attack.name} left the threat model on {outside} "
-                           "points")
-    return AttackResult(label or attack.name, attack.name, attack.white_box, attack.settings,
-                        robust, time.perf_counter() - started, flags, details)
+    refused = {kind: count for kind, count in violations.items() if count}
+    if refused:
+        found = ", ".join(f"{count} {kind}" for kind, count in refused.items())
+        raise RuntimeError(f"attack {label or attack.name} left the threat model ({norm} "
+                           f"ε={epsilon:g}, [0, 1]) on points: {found}")
+    if non_finite:
+        flags = merge_flags(flags, [f"NaN or infinite logits on {non_finite} adversarial "
+                                    f"points of {label or attack.name} (counted as broken)"])
+    broken = Broken(torch.cat(broken_index), torch.cat(broken_points).detach()) \
+        if broken_index else Broken.none(x)
+    result = AttackResult(label or attack.name, attack.name, attack.white_box, attack.settings,
+                          robust, time.perf_counter() - started, flags, details)
+    return result, broken
+
+
+def run_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack, *,
+               label: str | None = None, clean: torch.Tensor | None = None,
+               batch_size: int = 256, epsilon: float | None = None,
+               norm: str = "linf") -> AttackResult:
+    """:func:`attack_points` without the points."""
+    return attack_points(model, x, y, attack, label=label, clean=clean, batch_size=batch_size,
+                         epsilon=epsilon, norm=norm)[0]
+
+
+def worst_case_points(clean: torch.Tensor, broken: Sequence[Broken]) -> Broken:
+    """Per example, the point of the first attack (in order) that broke it; ``clean``-wrong
+    examples need no point (the clean input is already misclassified)."""
+    chosen: dict[int, torch.Tensor] = {}
+    for found in broken:
+        for i, point in zip(found.index.tolist(), found.x_adv, strict=True):
+            if clean[i] and i not in chosen:
+                chosen[i] = point
+    if not chosen:
+        return Broken.none(broken[0].x_adv if broken else clean.float())
+    order = sorted(chosen)
+    return Broken(torch.tensor(order, dtype=torch.long), torch.stack([chosen[i] for i in order]))
 
 
 _AUTOATTACK_NAMES = ("autoattack", "apgd-ce", "apgd-t", "fab-t", "square")
@@ -196,11 +351,45 @@ def merge_details(details: dict[str, Any], new: dict[str, Any]) -> dict[str, Any
     return merged
 
 
+def indicator_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
+                      norm: str, seed: int, settings: IndicatorSettings | None,
+                      surrogate: Callable[[], nn.Module] | nn.Module | None = None,
+                      eot_samples: int = 0) -> list[dict[str, Any]]:
+    """The indicators of attack failure (:mod:`attacks.indicators`) as plain records; none
+    when ``settings`` is None. They attack a deterministic forward pass, so on a random model
+    (``eot_samples`` > 0) they are left out and the record says why. ``surrogate`` may be a
+    model or a function that makes one (built only when the transfer indicator runs)."""
+    if settings is None:
+        return []
+    if eot_samples:
+        return [{"name": "indicators", "fired": False, "value": math.nan, "threshold": math.nan,
+                 "n": 0, "seconds": 0.0, "message": "indicators skipped: the forward pass is "
+                 "random and the attacks ran with EOT"}]
+    if callable(surrogate) and not isinstance(surrogate, nn.Module):
+        surrogate = surrogate()
+    found = run_indicators(model, x, y, epsilon=epsilon, norm=norm, seed=seed,
+                           settings=settings, surrogate=surrogate)
+    return [indicator.to_dict() for indicator in found]
+
+
+RANDOMNESS_FLAGS = ("randomness in the forward pass", "randomized defense")
+
+
+def resolved_by_eot(flags: Sequence[str]) -> list[str]:
+    """The flags left once the attacks ran with EOT: randomness is then accounted for."""
+    return [flag for flag in flags if not any(mark in flag for mark in RANDOMNESS_FLAGS)]
+
+
 def build_report(clean: torch.Tensor, results: Sequence[AttackResult], *, epsilon: float,
                  norm: str, seed: int, model_checks: Sequence[str] = (),
                  epsilon_curve: Sequence[dict[str, float]] = (),
                  settings: CheckSettings = DEFAULT_CHECKS,
-                 margins: dict[str, list[float]] | None = None) -> Report:
+                 margins: dict[str, list[float]] | None = None,
+                 indicators: Sequence[dict[str, Any]] = (), eot_samples: int = 0,
+                 adversarial: Broken | None = None) -> Report:
+    """The report of finished attacks: flags from the model probes, the attacks themselves,
+    the results (:func:`attacks.checks.result_flags`) and every fired indicator of attack
+    failure (its sentence names the remedy)."""
     attacks = {r.label: r for r in results}
     robust = {label: r.robust & clean for label, r in attacks.items()}
     curve = [(point["epsilon"], point["accuracy"]) for point in epsilon_curve]
@@ -210,8 +399,12 @@ def build_report(clean: torch.Tensor, results: Sequence[AttackResult], *, epsilo
     flags += result_flags(robust, {label: r.name for label, r in attacks.items()},
                           {label: r.white_box for label, r in attacks.items()},
                           curve=curve, settings=settings)
+    flags = merge_flags(flags, [i["message"] for i in indicators if i["fired"]])
+    if eot_samples:
+        flags = resolved_by_eot(flags)
     return Report(epsilon, norm, seed, clean, attacks, flags, list(epsilon_curve), settings,
-                  dict(margins or {}))
+                  dict(margins or {}), [dict(i) for i in indicators], eot_samples,
+                  adversarial=adversarial)
 
 
 # -- the whole evaluation ----------------------------------------------------------------------
@@ -219,39 +412,60 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                    attacks: Sequence[str | Attack], epsilon: float, norm: str = "linf",
                    seed: int = 0, batch_size: int = 256, checks: bool = True,
                    epsilon_curve: Sequence[float] = (), curve_attack: str = "aa-standard",
-                   settings: CheckSettings = DEFAULT_CHECKS,
+                   settings: CheckSettings = DEFAULT_CHECKS, eot: str = "auto",
+                   eot_samples: int = 20,
+                   indicators: IndicatorSettings | None = DEFAULT_INDICATORS,
+                   surrogate: Callable[[], nn.Module] | nn.Module | None = None,
                    progress: Progress | None = None, **attack_extra: Any) -> Report:
     """Evaluate ``model`` on ``(x, y)`` under every attack in ``attacks`` at radius ``epsilon``.
 
     ``attacks`` are spec strings (``"pgd-100-cw"``, ``"square:queries=1000"``) or
     :class:`Attack` objects; ``epsilon_curve`` (radii) adds ``curve_attack``'s accuracy at each.
+    A random forward pass (``eot="auto"``) or ``eot="always"`` runs every attack in its EOT
+    form over ``eot_samples`` passes (:func:`build_attack`). The indicators of attack failure
+    run on the first points (``indicators``; None leaves them out), the transfer one from
+    ``surrogate``. The report keeps, per broken example, the point that broke it
+    (``report.adversarial``).
     """
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need as many labels as inputs (got {len(x)} and {len(y)}), and some")
     if not attacks:
         raise ValueError("no attacks given")
     say = progress or (lambda message: None)
+    samples = eot_samples if needs_eot(model, x, eot) else 0
+    if samples:
+        say(f"the forward pass is random: attacks average over {samples} samples (EOT)")
     clean = clean_flags(model, x, y, batch_size)
     say(f"clean accuracy {clean.float().mean():.2%} on {len(x)} points")
-    results = []
+    results, broken = [], []
     for spec in attacks:
-        label, attack = build_attack(spec, epsilon=epsilon, norm=norm, seed=seed, **attack_extra)
-        results.append(run_attack(model, x, y, attack, label=label, clean=clean,
-                                  batch_size=batch_size, epsilon=epsilon, norm=norm))
-        say(f"{label}: {results[-1].robust.float().mean():.2%} in {results[-1].seconds:.1f} s")
+        label, attack = build_attack(spec, epsilon=epsilon, norm=norm, seed=seed,
+                                     eot_samples=samples, **attack_extra)
+        result, points = attack_points(model, x, y, attack, label=label, clean=clean,
+                                       batch_size=batch_size, epsilon=epsilon, norm=norm)
+        results.append(result)
+        broken.append(points)
+        say(f"{label}: {result.robust.float().mean():.2%} in {result.seconds:.1f} s")
     curve = []
     for radius in epsilon_curve:
         robust = clean
         if radius > 0:
-            _, attack = build_attack(curve_attack, epsilon=radius, norm=norm, seed=seed)
+            _, attack = build_attack(curve_attack, epsilon=radius, norm=norm, seed=seed,
+                                     eot_samples=samples)
             robust = run_attack(model, x, y, attack, clean=clean, batch_size=batch_size,
                                 epsilon=radius, norm=norm).robust & clean
         curve.append({"epsilon": float(radius), **summary(robust)})
         say(f"ε={radius:g}: {curve[-1]['accuracy']:.2%}")
     found = model_flags(model, x, y, epsilon=epsilon, norm=norm, settings=settings,
                         seed=seed) if checks else []
+    failures = indicator_records(model, x, y, epsilon=epsilon, norm=norm, seed=seed,
+                                 settings=indicators, surrogate=surrogate, eot_samples=samples)
+    for indicator in failures:
+        say(f"indicator {indicator['name']}: {indicator['message']}")
     return build_report(clean, results, epsilon=epsilon, norm=norm, seed=seed,
-                        model_checks=found, epsilon_curve=curve, settings=settings)
+                        model_checks=found, epsilon_curve=curve, settings=settings,
+                        indicators=failures, eot_samples=samples,
+                        adversarial=worst_case_points(clean, broken))
 
 
 if __name__ == "__main__":  # `python -m attacks.evaluate`: the command line, this module once

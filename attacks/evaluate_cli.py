@@ -3,11 +3,14 @@
 The first ``--n-examples`` test points of the checkpoint's dataset are attacked at the
 checkpoint's training radius (or ``--epsilon``); progress goes to stderr, a one-line summary
 (the report without per-example flags) is the last line on stdout, and ``--json`` writes the
-whole report, per-example flags included.
+whole evaluation record (:mod:`attacks.schema`), per-example flags included, with its plan (the
+flags that decide the numbers), its source (the checkpoint, a checksum of the evaluated points)
+and the checkpoint's training record.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ import tyro
 from trainables.flags import parse
 
 DEFAULT_ATTACKS = ("aa-standard", "pgd-100-ce", "pgd-100-cw")
+WHERE = ("checkpoint", "device", "threads", "json", "points")  # flags that change no number
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,11 @@ class EvaluationFlags:
     batch_size: int = 256
     epsilon_curve: tuple[float, ...] = ()  # also AutoAttack accuracy at these radii
     checks: bool = True  # the model probes (gradient masking, randomness, ...)
+    indicators: bool = True  # the indicators of attack failure (on the first 100 points)
+    surrogate: str = "train"  # transfer indicator's surrogate: train, none, or a checkpoint dir
+    eot: str = "auto"  # EOT attacks: auto (when the forward pass is random), always, never
+    eot_samples: int = 20  # forward passes per EOT gradient
+    points: Path | None = None  # write the worst-case adversarial points (safetensors) here
     device: str | None = None  # default: cuda when there is one, else cpu
     threads: int | None = None  # torch CPU threads
     json: Path | None = None  # write the full report, per-example flags included, here
@@ -47,19 +56,43 @@ def parse_args(argv: list[str] | None = None) -> EvaluationFlags:
 
 
 def compact(report: dict[str, Any]) -> dict[str, Any]:
+    """A report document without its per-example flags."""
     attacks = {label: {k: v for k, v in r.items() if k != "robust"}
                for label, r in report["attacks"].items()}
     return {k: v for k, v in report.items() if k != "clean_correct"} | {"attacks": attacks}
 
 
+def plan_of(args: EvaluationFlags, epsilon: float, norm: str, eot_samples: int
+            ) -> dict[str, Any]:
+    """The flags that decide the numbers, with the radius and norm they resolved to."""
+    chosen = {k: v for k, v in dataclasses.asdict(args).items() if k not in WHERE}
+    chosen.update(epsilon=epsilon, norm=norm, eot_samples=eot_samples)
+    return json.loads(json.dumps(chosen, default=str))
+
+
+def surrogate_of(choice: str, config, device: str, seed: int):
+    """The transfer indicator's surrogate: ``train`` (a standard model of the checkpoint's
+    architecture, trained now), ``none``, or a checkpoint directory."""
+    from attacks.indicators import train_surrogate
+    from trainables.checkpoints import load_checkpoint
+
+    if choice == "none":
+        return None
+    if choice == "train":
+        return train_surrogate(config.dataset, config.model, config.model_params, seed=seed,
+                               device=device)
+    return load_checkpoint(Path(choice), device=device).model.eval()
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    import dataclasses
-
     import torch
 
     from attacks.evaluate import evaluate_model
-    from attacks.targets import checkpoint_context, load_points
+    from attacks.indicators import IndicatorSettings
+    from attacks.schema import Source, TrainingRecord
+    from attacks.targets import checkpoint_context, load_points, points_checksum
+    from attacks.verify import save_points
     from trainables.checkpoints import CheckpointError, load_checkpoint
 
     args = dataclasses.replace(
@@ -76,13 +109,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = evaluate_model(
         checkpoint.model, x, y, attacks=args.attacks, epsilon=epsilon, norm=config.norm,
         seed=args.seed, batch_size=args.batch_size, checks=args.checks,
-        epsilon_curve=args.epsilon_curve,
+        epsilon_curve=args.epsilon_curve, eot=args.eot, eot_samples=args.eot_samples,
+        indicators=IndicatorSettings() if args.indicators else None,
+        surrogate=lambda: surrogate_of(args.surrogate, config, args.device, args.seed),
         progress=lambda message: print(message, file=sys.stderr, flush=True),
-        **checkpoint_context(config)).to_dict()
-    report["checkpoint"] = str(args.checkpoint)
-    report["dataset"] = config.dataset
+        **checkpoint_context(config))
+    if args.points and report.adversarial is not None:
+        save_points(args.points, report.adversarial, n=report.n, epsilon=epsilon,
+                    norm=config.norm, data_checksum=points_checksum(x, y))
+    record = report.to_record(
+        plan=plan_of(args, epsilon, config.norm, report.eot_samples), dataset=config.dataset,
+        source=Source(checkpoint=str(args.checkpoint), data_checksum=points_checksum(x, y)),
+        training=TrainingRecord.from_config(config.to_dict())).to_dict()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
-    print(json.dumps(compact(report)))
-    return report
+        args.json.write_text(json.dumps(record, indent=1))
+    print(json.dumps(compact(record)))
+    return record

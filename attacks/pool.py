@@ -14,7 +14,7 @@ read is marked failed with its reason and the pool goes on. ``--watch`` keeps po
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import sys
 import tempfile
@@ -27,10 +27,13 @@ from typing import Any
 import ray
 import torch
 
+from attacks.evaluate import needs_eot
+from attacks.indicators import IndicatorSettings, train_surrogate
 from attacks.pool_config import PoolConfig
 from attacks.rows import row_metrics, row_params, row_tags
 from attacks.shards import Plan, Progress, Unit, run_unit
-from attacks.targets import checkpoint_context, load_points
+from attacks.targets import checkpoint_context, load_points, points_checksum
+from attacks.verify import POINTS_FILE, save_points
 from dashboards import artifacts, queue
 from dashboards.runs import training_seconds
 from sweeps.cluster import connect
@@ -44,10 +47,13 @@ def log(message: str) -> None:
 class Evaluator:
     """Loads checkpoints (downloaded from MLflow once per node) and runs units on them."""
 
-    def __init__(self, tracking_uri: str, cache_dir: str, threads: int, device: str) -> None:
+    def __init__(self, tracking_uri: str, cache_dir: str, threads: int, device: str,
+                 surrogate: str = "train") -> None:
         torch.set_num_threads(threads)
         self.tracking_uri, self.cache_dir, self.device = tracking_uri, cache_dir, device
+        self.surrogate = surrogate
         self.loaded: dict[tuple[str, int], tuple] = {}
+        self.surrogates: dict[tuple, torch.nn.Module | None] = {}
 
     def _load(self, run_id: str, n_examples: int):
         from trainables.checkpoints import load_checkpoint
@@ -58,13 +64,37 @@ class Evaluator:
             path = artifacts.download_checkpoint(self.tracking_uri, run_id, self.cache_dir)
             checkpoint = load_checkpoint(path, device=self.device)
             x, y = load_points(checkpoint.config.dataset, n_examples, self.device)
-            self.loaded[key] = (checkpoint.model, x, y, checkpoint_context(checkpoint.config))
+            self.loaded[key] = (checkpoint.model, x, y, checkpoint.config)
         return self.loaded[key]
+
+    def _surrogate(self, config, seed: int) -> torch.nn.Module | None:
+        """The transfer indicator's surrogate: a standard model of the checkpoint's
+        architecture trained here (``train``, kept per architecture), a published checkpoint
+        (an MLflow run id), or none."""
+        from trainables.checkpoints import load_checkpoint
+
+        key = (self.surrogate, config.dataset, config.model,
+               json.dumps(config.model_params, sort_keys=True), seed)
+        if key not in self.surrogates:
+            self.surrogates.clear()
+            if self.surrogate == "none":
+                self.surrogates[key] = None
+            elif self.surrogate == "train":
+                self.surrogates[key] = train_surrogate(config.dataset, config.model,
+                                                       config.model_params, seed=seed,
+                                                       device=self.device)
+            else:
+                path = artifacts.download_checkpoint(self.tracking_uri, self.surrogate,
+                                                     self.cache_dir)
+                self.surrogates[key] = load_checkpoint(path, device=self.device).model.eval()
+        return self.surrogates[key]
 
     def run(self, run_id: str, plan: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any]:
         chosen = Plan.from_dict(plan)
-        model, x, y, context = self._load(run_id, chosen.n_examples)
-        return run_unit(model, x, y, Unit(**unit), chosen, **context)
+        model, x, y, config = self._load(run_id, chosen.n_examples)
+        return run_unit(model, x, y, Unit(**unit), chosen,
+                        surrogate=lambda: self._surrogate(config, chosen.seed),
+                        **checkpoint_context(config))
 
 
 @dataclass
@@ -98,7 +128,7 @@ class Pool:
         options = {"num_cpus": cfg.cpus_per_evaluator, "num_gpus": cfg.gpus_per_evaluator}
         return Evaluator.options(**options).remote(
             cfg.tracking_uri, str(cfg.state_dir / "checkpoints"),
-            max(1, int(cfg.cpus_per_evaluator)), device)
+            max(1, int(cfg.cpus_per_evaluator)), device, cfg.surrogate)
 
     def close(self) -> None:
         """Stop the evaluators now (their resources go back to the cluster at once)."""
@@ -141,19 +171,24 @@ class Pool:
                         else config.resolved_epsilon, norm=config.norm, seed=cfg.seed,
                         shard_size=cfg.shard_size, batch_size=cfg.batch_size,
                         epsilon_curve=cfg.epsilon_curve, curve_attack=cfg.curve_attack,
-                        margins=cfg.margins)
+                        margins=cfg.margins,
+                        indicators=IndicatorSettings() if cfg.indicators else None)
             x, y = load_points(config.dataset, cfg.n_examples, "cpu")
+            if needs_eot(checkpoint.model, x, cfg.eot):
+                plan = dataclasses.replace(plan, eot_samples=cfg.eot_samples)
         except Exception as error:  # unreadable, corrupt, unknown dataset: record and go on
             self.fail(candidate, f"{type(error).__name__}: {error}")
             return None
-        checksum = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:16]
+        checksum = points_checksum(x, y)
         progress = Progress(cfg.state_dir / "evaluations", candidate.run_id, plan)
         job = Job(candidate, config.to_dict(), plan, progress, str(path), checksum)
         job.reused = len(plan.units()) - len(progress.pending())
         self.stats["units_reused"] += job.reused
+        eot = f"; random forward pass: EOT over {plan.eot_samples} samples" \
+            if plan.eot_samples else ""
         log(f"{job.name}: {len(plan.units())} units ({len(plan.shards())} shards × "
             f"{len(plan.attacks) + len(plan.extra_kinds())} kinds + checks), "
-            f"{job.reused} already done")
+            f"{job.reused} already done{eot}")
         return job
 
     def execute(self, jobs: list[Job]) -> None:
@@ -259,22 +294,33 @@ def record_row(tracking_uri: str, leaderboard: str, *, report, plan: Plan,
                config: dict[str, Any], candidate: queue.Candidate, checkpoint: str,
                data_checksum: str, seconds: float, train_seconds: float,
                artifact_location: str | None = None) -> tuple[str, bool]:
-    """Write one evaluation as its leaderboard run (once); ``(run_id, written)``."""
+    """Write one evaluation as its leaderboard run (once); ``(run_id, written)``.
+
+    ``report`` (an :class:`attacks.evaluate.Report`) becomes the row's schema record
+    (:mod:`attacks.schema`), with its plan, its source (the training run, the checkpoint, the
+    checksum of the evaluated points) and the training record (``config`` and the training
+    data checksum the source run logged); the record is ``evaluation/report.json``, the
+    worst-case adversarial points ``evaluation/adversarial.safetensors``."""
+    from attacks.schema import Source, TrainingRecord
+
+    training = TrainingRecord.from_config(config, candidate.tags.get("data_checksum"))
+    record = report.to_record(
+        plan=plan.to_dict(), training=training, dataset=config.get("dataset"),
+        source=Source(candidate.run_id, checkpoint, data_checksum))
     with tempfile.TemporaryDirectory() as folder:
-        document = {**report.to_dict(), "plan": plan.to_dict(), "source_run": candidate.run_id,
-                    "checkpoint": checkpoint, "data_checksum": data_checksum}
-        (Path(folder) / "report.json").write_text(json.dumps(document))
+        (Path(folder) / "report.json").write_text(json.dumps(record.to_dict()))
+        if report.adversarial is not None:  # the evidence `robust-sweeps verify` re-checks
+            save_points(Path(folder) / POINTS_FILE, report.adversarial, n=record.n,
+                        epsilon=record.epsilon, norm=record.norm, data_checksum=data_checksum)
         name = candidate.run_name or candidate.run_id[:8]
         return queue.record_evaluation(
             tracking_uri, leaderboard,
             identity={"source_run": candidate.run_id, "evaluation_plan": plan.key},
             run_name=f"{candidate.tags.get('defense', 'model')}-{name}",
-            params=row_params(config, plan),
-            metrics={**row_metrics(report), "train_seconds": train_seconds},
-            tags=row_tags(report, source_run=candidate.run_id, plan=plan,
-                          source_experiment=candidate.experiment_id, checkpoint=checkpoint,
-                          source_tags=candidate.tags, data_checksum=data_checksum,
-                          seconds=seconds),
+            params=row_params(config, plan, training),
+            metrics={**row_metrics(record), "train_seconds": train_seconds},
+            tags=row_tags(record, plan=plan, source_experiment=candidate.experiment_id,
+                          source_tags=candidate.tags, seconds=seconds),
             artifacts_dir=folder, artifact_location=artifact_location)
 
 

@@ -38,6 +38,10 @@ class PoolConfig:
     epsilon_curve: tuple[float, ...] = ()  # also the curve attack's accuracy at these radii
     curve_attack: str = "aa-standard"
     margins: bool = False  # also per-example effective margins and AMR margin bounds
+    eot: str = "auto"  # EOT attacks: auto (when the forward pass is random), always, never
+    eot_samples: int = 20  # forward passes per EOT gradient
+    indicators: bool = True  # the indicators of attack failure, on the first shard's points
+    surrogate: str = "train"  # transfer indicator's surrogate: train, none, or an MLflow run id
     evaluators: int = 1  # evaluator actors
     cpus_per_evaluator: float = 1.0
     gpus_per_evaluator: float = 0.0  # fractions share a GPU
@@ -51,10 +55,12 @@ class PoolConfig:
     def __post_init__(self) -> None:
         positive = {"n_examples": self.n_examples, "shard_size": self.shard_size,
                     "evaluators": self.evaluators, "lease_seconds": self.lease_seconds,
-                    "batch_size": self.batch_size}
+                    "batch_size": self.batch_size, "eot_samples": self.eot_samples}
         bad = [f"{k}={v}" for k, v in positive.items() if v <= 0]
         if bad or self.cpus_per_evaluator < 0 or self.gpus_per_evaluator < 0:
             raise ValueError(f"pool settings must be positive: {', '.join(bad) or 'resources'}")
+        if self.eot not in ("auto", "always", "never"):
+            raise ValueError(f"--eot must be auto, always or never, got {self.eot!r}")
         if self.top_k is not None and self.sweep is None:
             raise ValueError("--top-k needs --sweep")
         from attacks.suite import ALIASES, ATTACKS, list_attacks, parse_spec
@@ -63,6 +69,9 @@ class PoolConfig:
             base = parse_spec(spec)[0]
             if base not in ALIASES and base not in ATTACKS:
                 raise ValueError(f"unknown attack {base!r}; known: {', '.join(list_attacks())}")
+        from attacks.shards import refuse_repeats
+
+        refuse_repeats(self.attacks)
 
 
 def default_pool_id() -> str:

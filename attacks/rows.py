@@ -1,75 +1,88 @@
-"""One evaluation as one leaderboard row: MLflow params, metrics and tags (plain data).
+"""One evaluation record as one leaderboard row: MLflow params, metrics and tags (plain data).
 
-Metric names: ``clean_accuracy``, ``worst_case_accuracy`` and, per attack, the slug of its label
-(``pgd-100-ce_accuracy``, ``square_queries_1000_accuracy``), each with ``_ci_low``, ``_ci_high``
-and ``_n``, plus ``<slug>_seconds``. The first attack of each well-known kind is also written
-under its kind's name (``autoattack_accuracy``, ``square_accuracy``, ``spsa_accuracy``), so
-leaderboards compare like with like whatever the labels were.
+Metric names: ``clean_accuracy``, ``worst_case_accuracy`` and, per attack, its column
+(:mod:`attacks.identity`: ``pgd100_ce_accuracy``, ``autoattack_accuracy``,
+``square_queries1000_accuracy``), each with ``_ci_low``, ``_ci_high`` and ``_n``, plus
+``<column>_seconds``. One attack, however its spec was spelled, writes one column, so rows
+compare like with like. Params hold what the row's numbers depend on: the evaluation's settings
+(``eval_seed`` among them) and the training run's (its seed, optimiser schedule, batch size,
+epochs and training data checksum). The tag ``report_schema`` names the schema version of the
+row's ``evaluation/report.json``; ``eot`` says whether its numbers came from EOT attacks.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from attacks.evaluate import Report, summary
-from attacks.shards import Plan, slug
+from attacks.schema import SCHEMA_VERSION, Accuracy, EvaluationRecord, TrainingRecord
 
-CANONICAL = ("autoattack", "square", "spsa", "apgd-ce", "apgd-t", "fab-t", "fgsm", "adaptive")
+if TYPE_CHECKING:
+    from attacks.shards import Plan
+
 CARRIED_TAGS = ("sweep", "trial_id", "defense", "dataset", "model", "code_version")
 MAX_TAG = 5000
+UNKNOWN = "unknown"
 
 
-def _with_interval(prefix: str, stats: dict[str, float | int]) -> dict[str, float]:
-    return {f"{prefix}_accuracy": stats["accuracy"], f"{prefix}_ci_low": stats["ci_low"],
-            f"{prefix}_ci_high": stats["ci_high"], f"{prefix}_n": stats["n"]}
+def _with_interval(prefix: str, stats: Accuracy) -> dict[str, float]:
+    return {f"{prefix}_accuracy": stats.accuracy, f"{prefix}_ci_low": stats.ci_low,
+            f"{prefix}_ci_high": stats.ci_high, f"{prefix}_n": stats.n}
 
 
-def row_metrics(report: Report) -> dict[str, float]:
-    metrics = {**_with_interval("clean", summary(report.clean)),
-               **_with_interval("worst_case", summary(report.worst_case)),
-               "flag_count": len(report.flags)}
-    named: set[str] = set()
-    for label, result in report.attacks.items():
-        stats = summary(result.robust & report.clean)
-        metrics.update(_with_interval(slug(label), stats))
-        metrics[f"{slug(label)}_seconds"] = result.seconds
-        if result.name in CANONICAL and result.name not in named and result.name != label:
-            named.add(result.name)
-            metrics.update(_with_interval(slug(result.name), stats))
-    for point in report.epsilon_curve:
-        metrics[f"curve_{point['epsilon']:g}_accuracy"] = point["accuracy"]
-    for kind, values in report.margins.items():
-        kept = [v for v, ok in zip(values, report.clean.tolist(), strict=True) if ok]
+def row_metrics(record: EvaluationRecord) -> dict[str, float]:
+    metrics = {**_with_interval("clean", record.clean),
+               **_with_interval("worst_case", record.worst_case_accuracy),
+               "flag_count": len(record.flags)}
+    for attack in record.attacks:
+        metrics.update(_with_interval(attack.column, attack.accuracy))
+        metrics[f"{attack.column}_seconds"] = attack.seconds
+    for point in record.epsilon_curve:
+        metrics[f"curve_{point.epsilon:g}_accuracy"] = point.accuracy.accuracy
+    for kind, values in record.margins.items():
+        kept = [v for v, ok in zip(values, record.clean_correct, strict=True) if ok]
         if kept:  # over correctly classified points, as EMR and AMR report them
             metrics[f"{kind}_mean"] = sum(kept) / len(kept)
     return metrics
 
 
-def row_params(config: dict[str, Any], plan: Plan) -> dict[str, str]:
-    """Dataset, model, defense and its knobs, and the evaluation's own settings."""
+def row_params(config: dict[str, Any], plan: Plan,
+               training: TrainingRecord | None = None) -> dict[str, str]:
+    """Dataset, model, defense and its knobs, the evaluation's own settings, and how the model
+    was trained (``training``: from ``config`` when not given)."""
+    training = training or TrainingRecord.from_config(config)
     params = {"dataset": config.get("dataset"), "model": config.get("model"),
               "defense": config.get("defense"), "weight_decay": config.get("weight_decay"),
               "train_epsilon": config.get("epsilon"), "epochs": config.get("epochs"),
-              "epsilon": plan.epsilon, "norm": plan.norm, "seed": plan.seed,
-              "n_examples": plan.n_examples, "attacks": ",".join(plan.attacks)}
+              "epsilon": plan.epsilon, "norm": plan.norm, "eval_seed": plan.seed,
+              "n_examples": plan.n_examples, "attacks": ",".join(plan.attacks),
+              "train_seed": training.seed, "lr": training.lr, "lr_schedule": training.schedule,
+              "lr_milestones": json.dumps(list(training.lr_milestones or ())),
+              "lr_gamma": training.lr_gamma, "momentum": training.momentum,
+              "batch_size": training.batch_size, "extra_data": training.extra_data,
+              "train_data_checksum": training.data_checksum or UNKNOWN}
     for knob, value in (config.get("defense_params") or {}).items():
         params[f"defense_params.{knob}"] = value
     return {key: str(value) for key, value in params.items()}
 
 
-def row_tags(report: Report, *, source_run: str, source_experiment: str, checkpoint: str,
-             source_tags: dict[str, str], data_checksum: str, seconds: float,
-             plan: Plan) -> dict[str, str]:
+def row_tags(record: EvaluationRecord, *, source_experiment: str, source_tags: dict[str, str],
+             seconds: float, plan: Plan) -> dict[str, str]:
     tags = {key: source_tags[key] for key in CARRIED_TAGS if key in source_tags}
+    source = record.source
     tags.update({
-        "source_run": source_run, "source_experiment": source_experiment,
-        "checkpoint": checkpoint, "flagged": str(bool(report.flags)).lower(),
-        "flags": "; ".join(report.flags)[:MAX_TAG] or "none",
-        "data_checksum": data_checksum, "evaluation_seconds": f"{seconds:.1f}",
-        "evaluation_plan": plan.key,
+        "source_run": source.source_run or UNKNOWN, "source_experiment": source_experiment,
+        "checkpoint": source.checkpoint or UNKNOWN,
+        "flagged": str(bool(record.flags)).lower(),
+        "flags": "; ".join(record.flags)[:MAX_TAG] or "none",
+        "data_checksum": source.data_checksum or UNKNOWN,
+        "evaluation_seconds": f"{seconds:.1f}", "evaluation_plan": plan.key,
         "check_settings": json.dumps(plan.checks.to_dict()),
+        "report_schema": str(SCHEMA_VERSION), "eot": str(record.eot).lower(),
+        "eot_samples": str(record.eot_samples), "evaluation_mode": record.mode,
     })
-    for label, result in report.attacks.items():
-        tags[f"attack.{slug(label)}"] = json.dumps(result.settings, default=str)[:MAX_TAG]
+    for attack in record.attacks:
+        tags[f"attack.{attack.column}"] = json.dumps(
+            {"label": attack.label, "name": attack.name, "settings": attack.settings},
+            default=str)[:MAX_TAG]
     return tags

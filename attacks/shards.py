@@ -15,29 +15,38 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from attacks.checks import CheckSettings, model_flags
 from attacks.evaluate import (
     AttackResult,
+    Broken,
     Report,
+    attack_points,
     build_attack,
     build_report,
     clean_flags,
+    indicator_records,
     merge_details,
     merge_flags,
-    run_attack,
     summary,
+    worst_case_points,
 )
+from attacks.identity import column_of
+from attacks.indicators import IndicatorSettings
 from attacks.margins import amr_margin_lower_bound, effective_margin
 
 CHECKS = "checks"  # the unit that probes the model itself (run on the first shard's points)
+INDICATORS = "indicators"  # the indicators of attack failure (on the first shard's points)
 MARGINS = "margins"  # per-example effective margin (EMR Eq. 3) and AMR's L2 margin bound
 CURVE = "curve@"  # "curve@0.2": the plan's curve attack at radius 0.2
+ADVERSARIAL = "adversarial"  # a unit's breaking points; kept in a safetensors file, not JSON
 
 
 @dataclass(frozen=True)
@@ -53,15 +62,15 @@ class Plan:
     epsilon_curve: tuple[float, ...] = ()
     curve_attack: str = "aa-standard"
     margins: bool = False
+    eot_samples: int = 0  # > 0: the model is random; attacks take their EOT forms
+    indicators: IndicatorSettings | None = field(default_factory=IndicatorSettings)
 
     def __post_init__(self) -> None:
         if not self.attacks:
             raise ValueError("a plan needs at least one attack")
         if self.n_examples <= 0 or self.shard_size <= 0:
             raise ValueError("n_examples and shard_size must be positive")
-        labels = [slug(a) for a in self.attacks]
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"attacks repeat: {self.attacks}")
+        refuse_repeats(self.attacks)
 
     @property
     def key(self) -> str:
@@ -70,13 +79,17 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "attacks": list(self.attacks), "checks": self.checks.to_dict(),
-                "epsilon_curve": list(self.epsilon_curve)}
+                "epsilon_curve": list(self.epsilon_curve),
+                "indicators": None if self.indicators is None else self.indicators.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
+        indicators = data.get("indicators")
         return cls(**{**data, "attacks": tuple(data["attacks"]),
                       "checks": CheckSettings(**data["checks"]),
-                      "epsilon_curve": tuple(data.get("epsilon_curve", ()))})
+                      "epsilon_curve": tuple(data.get("epsilon_curve", ())),
+                      "indicators": None if indicators is None
+                      else IndicatorSettings(**indicators)})
 
     def shards(self) -> list[tuple[int, int]]:
         return [(start, min(start + self.shard_size, self.n_examples))
@@ -92,7 +105,20 @@ class Plan:
                  for kind in (*self.attacks, *self.extra_kinds())
                  for index, (start, stop) in enumerate(self.shards())]
         start, stop = self.shards()[0]
-        return [Unit(0, start, stop, CHECKS), *units]
+        probes = [CHECKS] + ([INDICATORS] if self.indicators is not None else [])
+        return [*(Unit(0, start, stop, kind) for kind in probes), *units]
+
+
+def refuse_repeats(attacks: tuple[str, ...] | list[str]) -> None:
+    """Two spellings of one attack (``pgd-100-ce``, ``pgd:steps=100``) would fill one column
+    twice: refused, like a repeated spec."""
+    columns: dict[str, str] = {}
+    for spec in attacks:
+        column = column_of(spec)
+        if column in columns or slug(spec) in map(slug, columns.values()):
+            raise ValueError(f"attacks repeat: {columns.get(column, spec)!r} and {spec!r} are "
+                             f"the same attack ({column})")
+        columns[column] = spec
 
 
 @dataclass(frozen=True)
@@ -105,6 +131,11 @@ class Unit:
     @property
     def filename(self) -> str:
         return f"shard{self.shard:04d}.{slug(self.attack)}.json"
+
+    @property
+    def points_filename(self) -> str:
+        """The adversarial points that broke examples (safetensors), beside the record."""
+        return f"shard{self.shard:04d}.{slug(self.attack)}.safetensors"
 
 
 def slug(label: str) -> str:
@@ -132,8 +163,32 @@ class Progress:
         return [unit for unit in self.plan.units() if not self.done(unit)]
 
     def save(self, unit: Unit, result: dict[str, Any]) -> None:
+        """Keep a finished unit: its adversarial points first, then the record that marks the
+        unit done."""
+        result = dict(result)
+        points = result.pop(ADVERSARIAL, None)
+        if points is not None:
+            _write_points(self.directory / unit.points_filename, points)
         _write_json(self.directory / unit.filename, result)
         self.records[unit.filename] = result
+
+    def broken(self, unit: Unit) -> Broken:
+        """The points of ``unit``'s attack that broke examples, indexed among all points."""
+        path = self.directory / unit.points_filename
+        if not path.is_file():
+            raise RuntimeError(f"{path} is missing: the unit's adversarial points were lost")
+        tensors = load_file(str(path))
+        return Broken(tensors["index"].long() + unit.start, tensors["x_adv"])
+
+    def worst_points(self) -> Broken:
+        """Per example, the adversarial point of the first attack (in plan order) that broke
+        it: the evidence behind the worst-case accuracy."""
+        shards = self.plan.shards()
+        clean = torch.cat([_flags(self.load(Unit(i, a, b, self.plan.attacks[0])), "clean")
+                           for i, (a, b) in enumerate(shards)])
+        found = [self.broken(Unit(i, a, b, attack)) for attack in self.plan.attacks
+                 for i, (a, b) in enumerate(shards)]
+        return worst_case_points(clean, found)
 
     def load(self, unit: Unit) -> dict[str, Any]:
         if unit.filename not in self.records:
@@ -167,9 +222,14 @@ class Progress:
             for i, (a, b) in enumerate(shards):
                 for key, values in self.load(Unit(i, a, b, MARGINS))["margins"].items():
                     margins.setdefault(key, []).extend(values)
+        start, stop = shards[0]
+        indicators = (self.load(Unit(0, start, stop, INDICATORS))["indicators"]
+                      if self.plan.indicators is not None else [])
         return build_report(clean, results, epsilon=self.plan.epsilon, norm=self.plan.norm,
                             seed=self.plan.seed, model_checks=checks["flags"],
-                            settings=self.plan.checks, epsilon_curve=curve, margins=margins)
+                            settings=self.plan.checks, epsilon_curve=curve, margins=margins,
+                            indicators=indicators, eot_samples=self.plan.eot_samples,
+                            adversarial=self.worst_points())
 
     def spent_seconds(self) -> float:
         return sum(self.load(u).get("seconds", 0.0) for u in self.plan.units() if self.done(u))
@@ -192,6 +252,13 @@ def _concatenate(label: str, parts: list[dict[str, Any]]) -> AttackResult:
                         flags, details)
 
 
+def _write_points(path: Path, broken: Broken) -> None:
+    staging = path.with_name(f".{path.name}.tmp")
+    save_file({"index": broken.index.cpu().contiguous(),
+               "x_adv": broken.x_adv.detach().float().cpu().contiguous()}, str(staging))
+    os.replace(staging, path)
+
+
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     staging = path.with_name(f".{path.name}.tmp")
     staging.write_text(json.dumps(payload))
@@ -199,8 +266,10 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def run_unit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, unit: Unit, plan: Plan,
+             surrogate: Callable[[], torch.nn.Module] | None = None,
              **attack_extra: Any) -> dict[str, Any]:
-    """Evaluate one unit on the plan's points ``x, y`` (all of them; the unit slices)."""
+    """Evaluate one unit on the plan's points ``x, y`` (all of them; the unit slices);
+    ``surrogate`` makes the transfer indicator's surrogate model when it is needed."""
     started = time.perf_counter()
     xs, ys = x[unit.start:unit.stop], y[unit.start:unit.stop]
     clean = clean_flags(model, xs, ys, plan.batch_size)
@@ -208,6 +277,10 @@ def run_unit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, unit: Uni
     if unit.attack == CHECKS:
         record["flags"] = model_flags(model, xs, ys, epsilon=plan.epsilon, norm=plan.norm,
                                       settings=plan.checks, seed=plan.seed)
+    elif unit.attack == INDICATORS:
+        record["indicators"] = indicator_records(
+            model, xs, ys, epsilon=plan.epsilon, norm=plan.norm, seed=plan.seed,
+            settings=plan.indicators, surrogate=surrogate, eot_samples=plan.eot_samples)
     elif unit.attack == MARGINS:
         generator = torch.Generator(device=xs.device).manual_seed(plan.seed)
         record["margins"] = {
@@ -218,9 +291,12 @@ def run_unit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, unit: Uni
         if spec.startswith(CURVE):
             spec, epsilon = plan.curve_attack, float(spec[len(CURVE):])
         label, attack = build_attack(spec, epsilon=epsilon, norm=plan.norm, seed=plan.seed,
-                                     **attack_extra)
-        record["result"] = run_attack(model, xs, ys, attack, label=label, clean=clean,
-                                      batch_size=plan.batch_size, epsilon=epsilon,
-                                      norm=plan.norm).to_dict()
+                                     eot_samples=plan.eot_samples, **attack_extra)
+        result, broken = attack_points(model, xs, ys, attack, label=label, clean=clean,
+                                       batch_size=plan.batch_size, epsilon=epsilon,
+                                       norm=plan.norm)
+        record["result"] = result.to_dict()
+        if unit.attack in plan.attacks:  # the ε curve's points are not the row's evidence
+            record[ADVERSARIAL] = broken
     record["seconds"] = time.perf_counter() - started
     return record

@@ -11,7 +11,8 @@ estimates the gradient by finite differences along random Rademacher directions
 takes one Adam step on the perturbation with that estimate and projects back onto the
 ε-ball ∩ [0, 1]. ``samples`` counts model evaluations per iteration (``samples / 2`` pairs).
 
-Every example keeps its lowest-margin iterate; with ``early_stop`` an example is frozen as soon
+Every example keeps its lowest-margin iterate, the starting point included (an iterate that
+was misclassified and then left still counts); with ``early_stop`` an example is frozen as soon
 as it is misclassified, so no further queries are spent on it. All randomness comes from an
 explicit ``torch.Generator``: the global torch RNG is never touched.
 """

@@ -10,6 +10,13 @@ Names: ``fgsm``, ``pgd``, ``l2-pgd``, ``autoattack`` (``version`` standard / plu
 ``spsa`` (``preset`` or explicit settings) and ``adaptive`` (PGD on a defense's own training
 loss). Spec strings name an attack and its settings in one token, ``pgd:steps=100,loss=cw``,
 and a few aliases name the usual evaluations (``pgd-100-ce``, ``pgd-100-cw``, ``spsa-strong``).
+
+The gradient attacks keep each example's strongest iterate (a point misclassified on the way
+counts even if the ascent leaves it). Against randomised models ``pgd`` and ``l2-pgd`` take
+``eot_samples`` (the gradient averaged over that many forward passes; AutoAttack's own EOT is
+``version=rand``), and against a model that declares a non-differentiable ``preprocessing``
+``fgsm``, ``pgd``, ``l2-pgd``, ``autoattack`` and its parts take ``bpda=true`` (Athalye et al.
+2018, §4.1; :mod:`attacks.bpda`). Both settings are recorded only when they are not the default.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ import torch
 from torch import nn
 
 from attacks import autoattack as aa
-from attacks.pgd import ascend, fgsm, model_mode, pgd
+from attacks.bpda import bpda as bpda_model
+from attacks.pgd import ascend, fgsm, model_mode, pgd, prediction_judge
 from attacks.spsa import spsa, spsa_preset
 from trainables.registry import Registry
 
@@ -57,8 +65,9 @@ class Attack:
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
         devices = [x.device] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), model_mode(model, "eval"):
-            output = self._run(model, x.detach(), y.detach())
+        with (torch.random.fork_rng(devices=devices), model_mode(model, "eval"),
+              bpda_model(model, bool(self.settings.get("bpda", False))) as attacked):
+            output = self._run(attacked, x.detach(), y.detach())
         if output.x_adv.shape != x.shape:
             raise RuntimeError(f"attack {self.name} returned shape {tuple(output.x_adv.shape)}")
         return output
@@ -126,25 +135,39 @@ def _generator(x: torch.Tensor, seed: int) -> torch.Generator:
     return torch.Generator(device=x.device).manual_seed(seed)
 
 
+def _unless_default(eot_samples: int = 1, bpda: bool = False) -> dict[str, Any]:
+    """The EOT and BPDA settings that differ from their defaults: an attack's identity (its
+    recorded settings) stays what it was for a deterministic, differentiable model."""
+    if not isinstance(eot_samples, int) or isinstance(eot_samples, bool) or eot_samples < 1:
+        raise ValueError(f"eot_samples must be an integer >= 1, got {eot_samples!r}")
+    if not isinstance(bpda, bool):
+        raise ValueError(f"bpda must be true or false, got {bpda!r}")
+    return {**({"eot_samples": eot_samples} if eot_samples != 1 else {}),
+            **({"bpda": True} if bpda else {})}
+
+
 # -- gradient attacks ------------------------------------------------------------------------
 @register_attack("fgsm")
-def _fgsm(*, epsilon: float, norm: str = "linf") -> Attack:
-    return Attack("fgsm", {"epsilon": epsilon, "norm": norm}, True,
-                  lambda m, x, y: AttackOutput(fgsm(m, x, y, epsilon=epsilon, norm=norm)))
+def _fgsm(*, epsilon: float, norm: str = "linf", bpda: bool = False) -> Attack:
+    return Attack("fgsm", {"epsilon": epsilon, "norm": norm, **_unless_default(bpda=bpda)},
+                  True, lambda m, x, y: AttackOutput(fgsm(m, x, y, epsilon=epsilon, norm=norm,
+                                                          keep="best")))
 
 
 @register_attack("pgd")
 def _pgd(*, epsilon: float, steps: int = 100, step_size: float | None = None, loss: str = "ce",
          restarts: int = 1, random_start: str | bool = "uniform", norm: str = "linf",
-         seed: int = 0) -> Attack:
+         seed: int = 0, eot_samples: int = 1, bpda: bool = False) -> Attack:
     step_size = 2.5 * epsilon / max(steps, 1) if step_size is None else step_size
     settings = {"epsilon": epsilon, "steps": steps, "step_size": step_size, "loss": loss,
-                "restarts": restarts, "random_start": random_start, "norm": norm, "seed": seed}
+                "restarts": restarts, "random_start": random_start, "norm": norm, "seed": seed,
+                **_unless_default(eot_samples, bpda)}
 
     def run(model, x, y):
         return AttackOutput(pgd(model, x, y, epsilon=epsilon, steps=steps, step_size=step_size,
                                 loss=loss, restarts=restarts, random_start=random_start,
-                                norm=norm, generator=_generator(x, seed)))
+                                norm=norm, generator=_generator(x, seed), keep="best",
+                                eot_samples=eot_samples))
 
     return Attack("pgd", settings, True, run)
 
@@ -152,11 +175,13 @@ def _pgd(*, epsilon: float, steps: int = 100, step_size: float | None = None, lo
 @register_attack("l2-pgd")
 def _l2_pgd(*, epsilon: float, steps: int = 100, step_size: float | None = None,
             loss: str = "ce", restarts: int = 1, random_start: str | bool = "uniform",
-            seed: int = 0, norm: str = "l2") -> Attack:
+            seed: int = 0, norm: str = "l2", eot_samples: int = 1,
+            bpda: bool = False) -> Attack:
     if norm != "l2":
         raise ValueError("l2-pgd is the L2 attack; use pgd for norm=linf")
     attack = _pgd(epsilon=epsilon, steps=steps, step_size=step_size, loss=loss,
-                  restarts=restarts, random_start=random_start, norm="l2", seed=seed)
+                  restarts=restarts, random_start=random_start, norm="l2", seed=seed,
+                  eot_samples=eot_samples, bpda=bpda)
     return Attack("l2-pgd", attack.settings, True, attack._run)
 
 
@@ -167,7 +192,8 @@ def _adaptive(*, epsilon: float, defense: str, defense_params: dict | None = Non
     """PGD on the defense's own objective: its declared adaptive loss (HE: the margin CE on
     s·cosθ), else its training objective at the attacked point
     (``defense.adaptive_objective``), with a fresh state for defenses with memory (LMA's
-    logit averages, SMD's per-example margins) over the attacked points."""
+    logit averages, SMD's per-example margins) over the attacked points. Each example keeps its
+    strongest iterate, judged by the model's prediction (CW margin as the tie-break)."""
     from trainables.defenses import create_defense
     from trainables.defenses.base import AttackSettings
 
@@ -183,7 +209,8 @@ def _adaptive(*, epsilon: float, defense: str, defense_params: dict | None = Non
         generator = _generator(x, seed)
         if declared is not None:
             return AttackOutput(pgd(model, x, y, epsilon=epsilon, steps=steps, norm=norm,
-                                    step_size=step_size, loss=declared(), generator=generator))
+                                    step_size=step_size, loss=declared(), generator=generator,
+                                    keep="best"))
 
         with torch.no_grad():
             num_classes = model(x[:1]).shape[1]
@@ -192,7 +219,8 @@ def _adaptive(*, epsilon: float, defense: str, defense_params: dict | None = Non
         ids = torch.arange(len(x), device=x.device)
         objective = chosen.adaptive_objective(model, x, y, state, ids=ids)
         return AttackOutput(ascend(objective, x, epsilon=epsilon, steps=steps,
-                                   step_size=step_size, norm=norm, generator=generator))
+                                   step_size=step_size, norm=norm, generator=generator,
+                                   keep="best", judge=prediction_judge(model, y)))
 
     return Attack("adaptive", settings, True, run)
 
@@ -215,22 +243,24 @@ def _spsa(*, epsilon: float, preset: str | None = None, norm: str = "linf", seed
 @register_attack("autoattack")
 def _autoattack(*, epsilon: float, version: str = "standard", parts: list[str] | str | None =
                 None, norm: str = "linf", seed: int = 0, batch_size: int = 500,
-                square_queries: int = 5000) -> Attack:
+                square_queries: int = 5000, eot_samples: int | None = None,
+                bpda: bool = False) -> Attack:
     parts = [parts] if isinstance(parts, str) else parts
+    eot = {} if eot_samples is None else {"eot_samples": eot_samples}  # version=rand's EOT
     settings = aa.settings(epsilon=epsilon, version=version, parts=parts, norm=norm, seed=seed,
-                           square_queries=square_queries)
+                           square_queries=square_queries, **eot)
 
     def run(model, x, y):
         return AttackOutput(*aa.run(model, x, y, batch_size=batch_size, **settings))
 
-    return Attack("autoattack", settings, True, run)
+    return Attack("autoattack", {**settings, **_unless_default(bpda=bpda)}, True, run)
 
 
 def _part(part: str, white_box: bool):
     def factory(*, epsilon: float, norm: str = "linf", seed: int = 0, batch_size: int = 500,
-                queries: int = 5000) -> Attack:
+                queries: int = 5000, bpda: bool = False) -> Attack:
         attack = _autoattack(epsilon=epsilon, parts=[part], norm=norm, seed=seed,
-                             batch_size=batch_size, square_queries=queries)
+                             batch_size=batch_size, square_queries=queries, bpda=bpda)
         return Attack(part, attack.settings, white_box, attack._run)
 
     return factory

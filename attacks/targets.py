@@ -21,3 +21,11 @@ def load_points(dataset: str, n_examples: int, device: str) -> tuple[torch.Tenso
 def checkpoint_context(config) -> dict[str, Any]:
     """What the adaptive attack needs to know about the defense that trained the model."""
     return {"defense": config.defense, "defense_params": dict(config.defense_params)}
+
+
+def points_checksum(x: torch.Tensor, y: torch.Tensor) -> str:
+    """A short content hash of evaluated points: rows evaluated on equal points are paired."""
+    import hashlib
+
+    payload = x.detach().cpu().numpy().tobytes() + y.detach().cpu().numpy().tobytes()
+    return hashlib.sha256(payload).hexdigest()[:16]

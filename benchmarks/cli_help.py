@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["", "train", "sweep", "sweep emr_wrn", "sweep lma_resnet18", "pool", "evaluate",
-            "report", "leaderboard", "compare"]
+            "verify", "report", "leaderboard", "compare"]
 
 
 def seconds(argv: list[str]) -> float:

@@ -64,10 +64,12 @@ def report(argv: list[str] | None = None) -> Path:
 def leaderboard(argv: list[str] | None = None) -> str:
     """``robust-sweeps leaderboard``: the ranked rows, as Markdown, CSV or JSON."""
     parser = _parser("robust-sweeps leaderboard", "Print the leaderboard ranked by AutoAttack "
-                     "accuracy (flagged rows last, unranked), with 95%% intervals.")
+                     "accuracy (the rand version for EOT rows; flagged rows last, unranked), "
+                     "one column per attack, with 95% intervals.")
     _filters(parser)
     parser.add_argument("--format", choices=FORMATS, default="markdown",
-                        help="robustbench: the first row in RobustBench's model-info format")
+                        help="robustbench: the first row in RobustBench's model-info format "
+                             "(ε as the paper writes it, forward passes from EOT)")
     args = parser.parse_args(argv)
     from dashboards import leaderboard as board
 
@@ -93,7 +95,9 @@ def compare(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("b", help="the other one")
     parser.add_argument("--sweeps", action="store_true", help="a and b are sweep names")
     parser.add_argument("--attack", default="worst_case",
-                        help="whose per-example flags to compare (default: the worst case)")
+                        help="whose per-example flags to compare: an attack's leaderboard "
+                             "column (pgd100_ce, autoattack) or label, clean, or the worst case "
+                             "(default)")
     args = parser.parse_args(argv)
     from dashboards import leaderboard as board
 

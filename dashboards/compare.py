@@ -5,16 +5,19 @@ model. Only the discordant points carry information: ``b`` robust under A but no
 reverse. Under the null hypothesis (equal robust accuracy) each discordant point is a fair
 coin, so the exact two-sided p-value is ``min(1, 2·P[Binomial(b + c, ½) ≤ min(b, c)])``.
 Comparing two percentages as if independent ignores this pairing and is far less sensitive.
+The flags come from evaluation records (:mod:`attacks.schema`), checked to be on the same points.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from attacks.schema import EvaluationRecord, as_record
 
 
 @dataclass(frozen=True)
@@ -66,34 +69,28 @@ def mcnemar(robust_a: Sequence[bool], robust_b: Sequence[bool]) -> McNemarResult
                          binomial_two_sided(only_a, only_a + only_b))
 
 
-def per_example(report: dict[str, Any], attack: str = "worst_case") -> list[bool]:
-    """Per-example robust flags of one attack (or the worst case, or ``clean``) of a report."""
-    clean = report["clean_correct"]
-    if attack == "clean":
-        return list(clean)
-    if attack == "worst_case":
-        flags = list(clean)
-        for result in report["attacks"].values():
-            flags = [f and r for f, r in zip(flags, result["robust"], strict=True)]
-        return flags
-    if attack not in report["attacks"]:
-        raise KeyError(f"no attack {attack!r} in the report; it has: "
-                       f"{', '.join(report['attacks'])}")
-    return [c and r for c, r in zip(clean, report["attacks"][attack]["robust"], strict=True)]
+def per_example(report: EvaluationRecord | Mapping[str, Any],
+                attack: str = "worst_case") -> list[bool]:
+    """Per-example robust flags of one attack (its column or label), of the worst case, or
+    ``clean``, of an evaluation record (a ``report.json`` document is read as one)."""
+    return list(as_record(report).robust(attack))
 
 
-def compare_reports(report_a: dict[str, Any], report_b: dict[str, Any],
+def compare_reports(report_a: EvaluationRecord | Mapping[str, Any],
+                    report_b: EvaluationRecord | Mapping[str, Any],
                     attack: str = "worst_case") -> McNemarResult:
-    """McNemar on two evaluation reports; they must cover the same points."""
+    """McNemar on two evaluation records; they must cover the same points."""
+    a, b = as_record(report_a), as_record(report_b)
     for key in ("n", "epsilon", "norm"):
-        if report_a.get(key) != report_b.get(key):
-            raise ValueError(f"reports differ in {key}: {report_a.get(key)} vs "
-                             f"{report_b.get(key)}; they are not paired")
-    checksum_a, checksum_b = report_a.get("data_checksum"), report_b.get("data_checksum")
+        if getattr(a, key) != getattr(b, key):
+            raise ValueError(f"reports differ in {key}: {getattr(a, key)} vs "
+                             f"{getattr(b, key)}; they are not paired")
+    checksum_a, checksum_b = a.source.data_checksum, b.source.data_checksum
     if checksum_a and checksum_b and checksum_a != checksum_b:
         raise ValueError("reports were computed on different points")
-    return mcnemar(per_example(report_a, attack), per_example(report_b, attack))
+    return mcnemar(a.robust(attack), b.robust(attack))
 
 
-def load_report(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+def load_report(path: str | Path) -> EvaluationRecord:
+    """A ``report.json`` file as its evaluation record (older schema versions upgraded)."""
+    return EvaluationRecord.from_dict(json.loads(Path(path).read_text()))

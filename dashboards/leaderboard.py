@@ -1,9 +1,14 @@
 """The leaderboard as data: MLflow evaluation runs → a ranked pandas DataFrame, and exports.
 
-One row per evaluated checkpoint (written by the evaluation pool). Rows are ranked by AutoAttack
-accuracy (the worst case where no AutoAttack ran); rows with integrity flags are set apart after
-the trusted ones and get no rank, whatever their numbers. Exports: CSV, Markdown, HTML, and a
-row in RobustBench's model-info JSON format.
+One row per evaluated checkpoint (written by the evaluation pool). Accuracy columns come from
+the metric names a row holds (``<column>_accuracy`` with its ``_ci_low`` / ``_ci_high``, one
+column per canonical attack identity, :mod:`attacks.identity`): the well-known ones first in a
+fixed order (:data:`WELL_KNOWN`), then any others by name. Rows are ranked by AutoAttack
+accuracy (standard version; for a row whose numbers come from EOT attacks, the ``rand``
+version's, and its ``eot`` column says so), the worst case where no AutoAttack ran; rows with
+integrity flags are set apart after the trusted ones and get no rank, whatever their numbers.
+Rows written before report schema 2 are read through the columns the leaderboard then showed.
+Exports: CSV, Markdown, HTML, and a row in RobustBench's model-info JSON format.
 """
 
 from __future__ import annotations
@@ -11,28 +16,66 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from attacks.schema import EvaluationRecord
 from dashboards.compare import McNemarResult, compare_reports
 from dashboards.queue import EVAL_COMPLETE
 from dashboards.runs import search_all
 
 LEADERBOARD = "leaderboard"
-# leaderboard column → metric prefix written by attacks.rows
-ACCURACIES = {"clean": "clean", "autoattack": "autoattack", "pgd100_ce": "pgd-100-ce",
-              "pgd100_cw": "pgd-100-cw", "square": "square", "spsa": "spsa",
-              "worst_case": "worst_case"}
-SHOWN = ["rank", "defense", "model", "dataset", "threat_model", "clean", "autoattack",
-         "pgd100_ce", "pgd100_cw", "square", "spsa", "worst_case", "n", "device_hours",
-         "flags", "sweep", "run_id"]
+AUTOATTACK, AUTOATTACK_RAND, WORST_CASE = "autoattack", "autoattack_rand", "worst_case"
+WELL_KNOWN = ("clean", AUTOATTACK, AUTOATTACK_RAND, "pgd100_ce", "pgd100_cw", "square", "spsa",
+              "spsa_lma_at", WORST_CASE)
+# the columns every row has (NaN where not measured), and for rows before report schema 2 the
+# metric prefix such a row wrote each of them under
+LEGACY = {"clean": "clean", AUTOATTACK: "autoattack", "pgd100_ce": "pgd-100-ce",
+          "pgd100_cw": "pgd-100-cw", "square": "square", "spsa": "spsa", WORST_CASE: "worst_case"}
+LEADING = ["rank", "defense", "model", "dataset", "threat_model"]
+TRAILING = ["eot", "n", "device_hours", "flags", "sweep", "run_id"]
+SHOWN = [*LEADING, *WELL_KNOWN, *TRAILING]
+INTERVAL = (("", "accuracy"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high"))
+
+
+def metric_columns(metrics: Iterable[str]) -> list[str]:
+    """Accuracy columns named by metrics: ``X`` for each ``X_accuracy`` with its interval."""
+    names = set(metrics)
+    return [name[:-len("_accuracy")] for name in sorted(names) if name.endswith("_accuracy")
+            and f"{name[:-len('_accuracy')]}_ci_low" in names]
+
+
+def ordered(columns: Iterable[str]) -> list[str]:
+    """The well-known columns in their fixed order, then the others by name."""
+    present = set(columns)
+    return [c for c in WELL_KNOWN if c in present] + sorted(present - set(WELL_KNOWN))
+
+
+def accuracy_columns(frame: pd.DataFrame) -> list[str]:
+    """The frame's accuracy columns (those with an interval beside them), in order."""
+    return ordered(c for c in frame.columns if f"{c}_ci_low" in frame.columns)
+
+
+def _accuracies(metrics: dict[str, float], schema: int) -> dict[str, float]:
+    if schema >= 2:
+        prefixes = {column: column for column in metric_columns(metrics)}
+    else:
+        prefixes = LEGACY
+    row = {f"{column}{suffix}": math.nan for column in LEGACY for suffix, _ in INTERVAL}
+    for column, prefix in prefixes.items():
+        for suffix, key in INTERVAL:
+            row[f"{column}{suffix}"] = metrics.get(f"{prefix}_{key}", math.nan)
+    return row
 
 
 def _row(run) -> dict[str, Any]:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    eot = tags.get("eot") == "true"
     row: dict[str, Any] = {
         "run_id": run.info.run_id, "name": run.info.run_name,
         "dataset": params.get("dataset"), "model": params.get("model"),
@@ -43,11 +86,13 @@ def _row(run) -> dict[str, Any]:
         "source_run": tags.get("source_run"), "checkpoint": tags.get("checkpoint"),
         "evaluation_seconds": float(tags.get("evaluation_seconds", 0.0)),
         "train_seconds": metrics.get("train_seconds", math.nan),
+        "eot": eot, "eot_samples": int(tags.get("eot_samples", "1")) if eot else 1,
+        "eval_seed": params.get("eval_seed", params.get("seed")),
+        "train_seed": params.get("train_seed"),
+        "extra_data": params.get("extra_data", "False") == "True",
     }
     row["threat_model"] = f"{row['norm']} ε={row['epsilon']:g}"
-    for column, prefix in ACCURACIES.items():
-        for suffix, key in (("", "accuracy"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high")):
-            row[f"{column}{suffix}"] = metrics.get(f"{prefix}_{key}", math.nan)
+    row.update(_accuracies(metrics, int(tags.get("report_schema", "1"))))
     for key, value in params.items():
         if key.startswith("defense_params."):
             row[f"knob.{key.split('.', 1)[1]}"] = value
@@ -72,14 +117,34 @@ def load(tracking_uri: str, experiment: str = LEADERBOARD, *, dataset: str | Non
                            ("sweep", sweep), ("defense", defense)):
         if wanted is not None:
             frame = frame[frame[column] == wanted]
-    return rank(frame)
+    accuracies = [f"{c}{suffix}" for c in accuracy_columns(frame) for suffix, _ in INTERVAL]
+    return rank(frame[[c for c in frame.columns if c not in accuracies] + accuracies])
+
+
+def eot_autoattack(frame: pd.DataFrame) -> pd.Series:
+    """AutoAttack's ``rand`` version (EOT) per row: ``autoattack_rand``, else a column of it with
+    more settings (``autoattack_rand_eot20``), NaN where none ran."""
+    columns = [c for c in accuracy_columns(frame)
+               if c == AUTOATTACK_RAND or c.startswith(f"{AUTOATTACK_RAND}_")]
+    found = pd.Series(math.nan, index=frame.index, dtype=float)
+    for column in columns:
+        found = found.where(found.notna(), frame[column])
+    return found
+
+
+def rank_key(frame: pd.DataFrame) -> pd.Series:
+    """AutoAttack accuracy (the ``rand`` version for EOT rows), else the worst case."""
+    key = frame[AUTOATTACK].astype(float)
+    if "eot" in frame.columns:
+        rand = eot_autoattack(frame)
+        key = rand.where(frame["eot"].astype(bool) & rand.notna(), key)
+    return key.where(key.notna(), frame[WORST_CASE])
 
 
 def rank(frame: pd.DataFrame) -> pd.DataFrame:
     """Trusted rows by AutoAttack (else worst-case) accuracy, best first; flagged rows after."""
     frame = frame.copy()
-    key = frame["autoattack"].where(frame["autoattack"].notna(), frame["worst_case"])
-    frame["_key"] = key
+    frame["_key"] = rank_key(frame)
     trusted = frame[~frame["flagged"]].sort_values(["_key", "clean"], ascending=False)
     flagged = frame[frame["flagged"]].sort_values(["_key", "clean"], ascending=False)
     trusted["rank"] = range(1, len(trusted) + 1)
@@ -89,15 +154,22 @@ def rank(frame: pd.DataFrame) -> pd.DataFrame:
     return ranked
 
 
+def shown_columns(frame: pd.DataFrame) -> list[str]:
+    """The identifying columns, every accuracy column (in order), then the row's bookkeeping."""
+    return [c for c in [*LEADING, *accuracy_columns(frame), *TRAILING] if c in frame.columns]
+
+
 def shown(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[[c for c in SHOWN if c in frame.columns]]
+    return frame[shown_columns(frame)]
 
 
-def _cell(value: Any, column: str) -> str:
+def _cell(value: Any, column: str, accuracy: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return "—"
-    if column in ACCURACIES and isinstance(value, float):
+    if accuracy and isinstance(value, float):
         return f"{100 * value:.2f}"
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value)).lower()
     if column == "device_hours":
         return f"{value:.3f}"
     if column == "run_id":
@@ -107,11 +179,12 @@ def _cell(value: Any, column: str) -> str:
 
 def to_markdown(frame: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table of the shown columns (accuracies in %)."""
-    table = shown(frame)
+    table, accuracies = shown(frame), set(accuracy_columns(frame))
     lines = ["| " + " | ".join(table.columns) + " |",
              "|" + "|".join("---" for _ in table.columns) + "|"]
     for _, row in table.iterrows():
-        lines.append("| " + " | ".join(_cell(row[c], c) for c in table.columns) + " |")
+        lines.append("| " + " | ".join(_cell(row[c], c, c in accuracies)
+                                       for c in table.columns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -120,26 +193,44 @@ def to_csv(frame: pd.DataFrame, path) -> None:
 
 
 def to_html(frame: pd.DataFrame) -> str:
-    table = shown(frame).copy()
+    table, accuracies = shown(frame).copy(), set(accuracy_columns(frame))
     for column in table.columns:
-        table[column] = [_cell(v, column) for v in table[column]]
+        table[column] = [_cell(v, column, column in accuracies) for v in table[column]]
     return table.to_html(index=False, classes="leaderboard", border=0, escape=True)
+
+
+def paper_epsilon(epsilon: float) -> str:
+    """ε as papers and RobustBench write it: ``k/255`` when ε·255 is an integer k ≥ 1 (within
+    1e-6) and ε is not a decimal of at most two places (0.1, 0.3, 0.5, 1 stay decimals, as
+    MNIST's and L2 radii are written); otherwise ``{ε:g}``. 8/255 → ``"8/255"``."""
+    k = round(epsilon * 255)
+    if k >= 1 and abs(epsilon * 255 - k) < 1e-6 and abs(epsilon - round(epsilon, 2)) > 1e-12:
+        return f"{k}/255"
+    return f"{epsilon:g}"
 
 
 def robustbench_entry(row: pd.Series | dict[str, Any], *, name: str | None = None,
                       link: str = "", authors: str = "", venue: str = "",
                       reported: float | None = None) -> dict[str, Any]:
-    """A row as RobustBench's ``model_info/<dataset>/<threat>/<name>.json`` content."""
+    """A row as RobustBench's ``model_info/<dataset>/<threat>/<name>.json`` content: ε as the
+    paper writes it (:func:`paper_epsilon`), extra training data from the training config,
+    forward passes per prediction from EOT (``eot_samples`` for an EOT row, else 1), AutoAttack
+    accuracy of the version the row was ranked by (``rand`` for an EOT row), unreliable when
+    flagged."""
     row = dict(row)
     flags = row.get("flags") or ""
+    eot = bool(row.get("eot", False))
+    autoattack = row.get(AUTOATTACK, math.nan)
+    if eot:
+        autoattack = eot_autoattack(pd.DataFrame([row])).iloc[0]
     return {
         "link": link, "name": name or f"{row['defense']} ({row['model']})",
-        "authors": authors, "additional_data": False, "number_forward_passes": 1,
+        "authors": authors, "additional_data": bool(row.get("extra_data", False)),
+        "number_forward_passes": int(row.get("eot_samples", 1)) if eot else 1,
         "dataset": row["dataset"], "venue": venue, "architecture": row["model"],
-        "eps": f"{row['epsilon']:g}", "clean_acc": f"{100 * row['clean']:.2f}",
+        "eps": paper_epsilon(row["epsilon"]), "clean_acc": f"{100 * row['clean']:.2f}",
         "reported": "" if reported is None else f"{100 * reported:.2f}",
-        "autoattack_acc": "" if math.isnan(row.get("autoattack", math.nan))
-        else f"{100 * row['autoattack']:.2f}",
+        "autoattack_acc": "" if math.isnan(autoattack) else f"{100 * autoattack:.2f}",
         "unreliable": bool(row.get("flagged")),
         "footnote": f"Evaluated on {row['n']} test points; flags: {flags}" if flags
         else f"Evaluated on {row['n']} test points.",
@@ -150,23 +241,25 @@ def robustbench_json(row: pd.Series | dict[str, Any], **fields: Any) -> str:
     return json.dumps(robustbench_entry(row, **fields))
 
 
-def row_report(tracking_uri: str, run_id: str) -> dict[str, Any]:
-    """A leaderboard row's full evaluation report (its ``evaluation/report.json``)."""
+def row_report(tracking_uri: str, run_id: str) -> EvaluationRecord:
+    """A leaderboard row's evaluation record (its ``evaluation/report.json``, older schema
+    versions upgraded)."""
     with tempfile.TemporaryDirectory() as folder:
         path = MlflowClient(tracking_uri).download_artifacts(run_id, "evaluation/report.json",
                                                              folder)
-        return json.loads(Path(path).read_text())
+        return EvaluationRecord.from_dict(json.loads(Path(path).read_text()))
 
 
 def compare_rows(tracking_uri: str, run_a: str, run_b: str,
-                 attack: str = "worst_case") -> McNemarResult:
-    """Exact McNemar test between two rows on their paired per-example flags."""
+                 attack: str = WORST_CASE) -> McNemarResult:
+    """Exact McNemar test between two rows on their paired per-example flags (``attack``: a
+    column such as ``pgd100_ce``, a label, ``worst_case`` or ``clean``)."""
     return compare_reports(row_report(tracking_uri, run_a), row_report(tracking_uri, run_b),
                            attack)
 
 
 def compare_sweeps(tracking_uri: str, sweep_a: str, sweep_b: str,
-                   experiment: str = LEADERBOARD, attack: str = "worst_case"
+                   experiment: str = LEADERBOARD, attack: str = WORST_CASE
                    ) -> tuple[str, str, McNemarResult]:
     """The best trusted row of each sweep, and whether their difference is significant."""
     best = []

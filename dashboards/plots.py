@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from dashboards.leaderboard import rank_key  # noqa: E402
+
 COLOURS = plt.get_cmap("tab10")
 
 
@@ -42,7 +44,7 @@ def pareto(frame: pd.DataFrame, path: Path) -> Path | None:
     """Clean vs AutoAttack (else worst-case) accuracy, coloured by defense; flagged hollow."""
     if frame.empty:
         return None
-    robust = frame["autoattack"].where(frame["autoattack"].notna(), frame["worst_case"])
+    robust = rank_key(frame)
     colours = _colour_of(frame["defense"].astype(str))
     figure, axes = plt.subplots(figsize=(6.4, 4.6))
     for defense, colour in colours.items():

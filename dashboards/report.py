@@ -4,17 +4,18 @@ The page opens from disk with no server: the ranked leaderboard (flagged rows se
 Pareto front of clean vs AutoAttack accuracy by defense, AutoAttack accuracy against ε, each
 sweep's Optuna optimisation history and parameter importances, effective- and average-margin
 histograms, the cost of every row in device-hours, and an exact McNemar test between the two
-best trusted rows. Per-example data comes from each row's ``evaluation/report.json``.
+best trusted rows. Per-example data comes from each row's evaluation record
+(``evaluation/report.json``, :mod:`attacks.schema`).
 """
 
 from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
+from attacks.schema import EvaluationRecord
 from dashboards import plots
 from dashboards.compare import compare_reports
 from dashboards.leaderboard import LEADERBOARD, load, row_report, to_html, to_markdown
@@ -26,8 +27,8 @@ figure{display:inline-block;margin:1em}figcaption{font-size:13px;color:#555}
 .flagged{color:#a33}"""
 
 
-def row_reports(tracking_uri: str, frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Each row's full evaluation report (per-example flags, curve, margins)."""
+def row_reports(tracking_uri: str, frame: pd.DataFrame) -> dict[str, EvaluationRecord]:
+    """Each row's evaluation record (per-example flags, curve, margins)."""
     reports = {}
     for run_id in frame["run_id"]:
         try:
@@ -37,12 +38,12 @@ def row_reports(tracking_uri: str, frame: pd.DataFrame) -> dict[str, dict[str, A
     return reports
 
 
-def curve_points(report: dict[str, Any]) -> list[dict[str, float]]:
-    """The ε curve of a report, with the AutoAttack accuracy at the evaluation's own ε."""
-    points = list(report.get("epsilon_curve", []))
-    main = [a for a in report.get("attacks", {}).values() if a.get("name") == "autoattack"]
-    if points and main and all(p["epsilon"] != report["epsilon"] for p in points):
-        points.append({"epsilon": report["epsilon"], "accuracy": main[0]["accuracy"]})
+def curve_points(record: EvaluationRecord) -> list[dict[str, float]]:
+    """The ε curve of a record, with the AutoAttack accuracy at the evaluation's own ε."""
+    points = [point.to_dict() for point in record.epsilon_curve]
+    main = [a for a in record.attacks if a.name == "autoattack"]
+    if points and main and all(p["epsilon"] != record.epsilon for p in points):
+        points.append({"epsilon": record.epsilon, **main[0].accuracy.to_dict()})
     return points
 
 
@@ -65,7 +66,7 @@ def sweep_figures(optuna_storage: str | None, out: Path) -> list[tuple[Path, str
     return figures
 
 
-def comparison(frame: pd.DataFrame, reports: dict[str, dict[str, Any]]) -> str:
+def comparison(frame: pd.DataFrame, reports: dict[str, EvaluationRecord]) -> str:
     trusted = frame[~frame["flagged"]]
     if len(trusted) < 2:
         return "<p>Fewer than two trusted rows: nothing to compare.</p>"
@@ -90,7 +91,8 @@ def render(tracking_uri: str, out: Path, *, experiment: str = LEADERBOARD,
     names = {run_id: label(row) for run_id, row in frame.set_index("run_id", drop=False)
              .iterrows()} if not frame.empty else {}
     curves = {names[r]: curve_points(rep) for r, rep in reports.items()}
-    margins = {names[r]: rep.get("margins", {}) for r, rep in reports.items()}
+    margins = {names[r]: {kind: list(values) for kind, values in rep.margins.items()}
+               for r, rep in reports.items()}
     figures = [
         (plots.pareto(frame, out / "pareto.png"), "Clean vs AutoAttack accuracy by defense; "
          "hollow markers are flagged rows, the dashed line the trusted Pareto front"),

@@ -23,6 +23,8 @@ COMMANDS = {
     "sweep": Command("sweeps.cli", "sweep", "run or resume a study's sweep on Ray"),
     "pool": Command("attacks.pool_cli", "main", "evaluate every published checkpoint"),
     "evaluate": Command("attacks.evaluate_cli", "main", "evaluate one checkpoint"),
+    "verify": Command("attacks.verify_cli", "main",
+                      "re-check a leaderboard row from its kept adversarial points"),
     "report": Command("dashboards.cli", "report", "render the static HTML report"),
     "leaderboard": Command("dashboards.cli", "leaderboard", "print the ranked leaderboard"),
     "compare": Command("dashboards.cli", "compare",

@@ -50,3 +50,30 @@ def ray_cluster():
              configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def adversarial_mlp():
+    """``trained_mlp``'s architecture adversarially trained (PGD-AT, Madry et al. 2018, Eq. 2.1)
+    on the same 6,000 real MNIST images: 6 epochs against L∞ PGD-10 at ε = 0.1 (step 0.025,
+    uniform random start). About 93 % clean and 77 % PGD-50 robust accuracy; ~10 s on 1 thread."""
+    from attacks.pgd import pgd
+    from trainables.data import iterate_batches, load_dataset
+    from trainables.models import create_model
+
+    train = load_dataset("mnist", "train", subset=6000)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = create_model("mlp", in_channels=1, image_size=28, hidden=256, layers=2,
+                             mean=(0.1307,), std=(0.3081,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    attack = torch.Generator().manual_seed(0)
+    for epoch in range(6):
+        for x, y, _ in iterate_batches(train, 100, shuffle=True,
+                                       generator=torch.Generator().manual_seed(epoch)):
+            x_adv = pgd(model, x, y, epsilon=0.1, steps=10, step_size=0.025, generator=attack)
+            model.train()
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x_adv), y).backward()
+            optimizer.step()
+    return model.eval()

@@ -108,12 +108,24 @@ def test_scaled_logits_fool_ce_pgd_not_autoattack(trained_mlp, points):
     assert not report.trusted and not report.to_dict()["trusted"]
 
 
-def test_dropout_at_test_time_is_flagged(trained_mlp, points):
+def test_dropout_at_test_time_is_flagged_without_eot(trained_mlp, points):
     x, y = points
-    report = evaluate_model(DropoutAtTest(trained_mlp), x, y, attacks=["pgd-20"], epsilon=0.05)
+    report = evaluate_model(DropoutAtTest(trained_mlp), x, y, attacks=["pgd-20"], epsilon=0.05,
+                            eot="never")
     assert any("randomness in the forward pass" in f for f in report.flags)
     assert any("randomized defense" in f for f in report.flags)  # pyautoattack's own check
     assert not report.trusted and not report.to_dict()["trusted"]
+    assert report.eot_samples == 0 and not report.to_dict()["eot"]
+
+
+def test_dropout_at_test_time_is_attacked_with_eot(trained_mlp, points):
+    x, y = points
+    report = evaluate_model(DropoutAtTest(trained_mlp), x, y, attacks=["pgd-20"], epsilon=0.05,
+                            eot_samples=4)
+    assert report.eot_samples == 4 and report.to_dict()["eot"]
+    assert report.attacks["pgd-20"].settings["eot_samples"] == 4
+    assert not any("random" in f for f in report.flags)  # accounted for by EOT
+    assert report.indicators[0]["message"].startswith("indicators skipped")
 
 
 def test_model_left_in_train_mode_is_flagged(trained_mlp, points):

@@ -1,11 +1,19 @@
 """The exact McNemar test on planted per-example flags with known answers."""
 
+import json
 import math
 
 import pytest
 from scipy.stats import binomtest
 
-from dashboards.compare import binomial_two_sided, compare_reports, mcnemar, per_example
+from attacks.schema import Accuracy, AttackRecord, EvaluationRecord, Source
+from dashboards.compare import (
+    binomial_two_sided,
+    compare_reports,
+    load_report,
+    mcnemar,
+    per_example,
+)
 
 
 def planted(both: int, only_a: int, only_b: int, neither: int):
@@ -49,21 +57,50 @@ def test_binomial_matches_scipy(k, n):
     assert binomial_two_sided(k, n) == pytest.approx(binomtest(k, n, 0.5).pvalue)
 
 
-def test_reports_are_compared_on_the_worst_case_and_must_be_paired():
-    def report(clean, pgd, square, n=4, epsilon=0.1):
-        return {"n": n, "epsilon": epsilon, "norm": "linf", "clean_correct": clean,
-                "attacks": {"pgd": {"robust": pgd}, "square": {"robust": square}}}
+def record(clean, pgd, square, n=4, epsilon=0.1, checksum="points") -> EvaluationRecord:
+    attacks = tuple(AttackRecord(label, label, column, True, {}, tuple(map(bool, robust)),
+                                 Accuracy.of(robust), 1.0)
+                    for label, column, robust in (("pgd-100-ce", "pgd100_ce", pgd),
+                                                  ("square", "square", square)))
+    return EvaluationRecord(n=n, epsilon=epsilon, norm="linf", eval_seed=0,
+                            clean_correct=tuple(map(bool, clean)), attacks=attacks,
+                            source=Source(data_checksum=checksum))
 
-    a = report([1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 1, 0])
-    b = report([1, 1, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1])
+
+def test_records_are_compared_on_the_worst_case_and_must_be_paired():
+    a = record([1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 1, 0])
+    b = record([1, 1, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1])
     assert per_example(a) == [True, False, False, False]
-    assert per_example(a, "pgd") == [True, True, False, False]
+    assert per_example(a, "pgd100_ce") == per_example(a, "pgd-100-ce") == [True, True, False,
+                                                                           False]
+    assert per_example(a, "clean") == [True, True, True, False]
     result = compare_reports(a, b)
     assert per_example(b) == [False, True, True, True]
     assert (result.only_a, result.only_b) == (1, 3)
+    assert compare_reports(a, b, "square") == mcnemar([1, 0, 1, 0], [0, 1, 1, 1])
     with pytest.raises(ValueError, match="epsilon"):
-        compare_reports(a, report([1] * 4, [1] * 4, [1] * 4, epsilon=0.2))
-    with pytest.raises(KeyError, match="pgd, square"):
+        compare_reports(a, record([1] * 4, [1] * 4, [1] * 4, epsilon=0.2))
+    with pytest.raises(ValueError, match="different points"):
+        compare_reports(a, record([1] * 4, [1] * 4, [1] * 4, checksum="other"))
+    with pytest.raises(KeyError, match="pgd100_ce, square"):
         per_example(a, "fab")
     with pytest.raises(ValueError, match="paired"):
         mcnemar([True], [True, False])
+
+
+def test_report_documents_are_read_as_records(tmp_path):
+    """A ``report.json`` of any readable version: this one's, and a version-less one."""
+    def version_1(clean, pgd, square, n=4, epsilon=0.1):
+        return {"n": n, "epsilon": epsilon, "norm": "linf", "clean_correct": clean,
+                "attacks": {"pgd": {"robust": pgd}, "square": {"robust": square}}}
+
+    a = version_1([1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 1, 0])
+    b = record([1, 1, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1])
+    assert per_example(a) == [True, False, False, False]
+    assert per_example(a, "pgd") == [True, True, False, False]
+    assert (compare_reports(a, b.to_dict()).only_a, compare_reports(a, b).only_b) == (1, 3)
+    with pytest.raises(ValueError, match="epsilon"):
+        compare_reports(a, version_1([1] * 4, [1] * 4, [1] * 4, epsilon=0.2))
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(b.to_dict()))
+    assert load_report(path) == b

@@ -11,7 +11,7 @@ from boards import write_board
 from sweeps.console import COMMANDS, main
 from tests.integration.cluster import ROOT
 
-READERS = ("report", "evaluate", "leaderboard", "compare")
+READERS = ("report", "evaluate", "verify", "leaderboard", "compare")
 
 
 def imported_modules(*args: str) -> set[str]:

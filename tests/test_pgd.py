@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attacks.pgd import cw_loss, fgsm, pgd, project
+from attacks.pgd import ascend, cw_loss, fgsm, pgd, prediction_judge, project
+from attacks.suite import create_attack
 
 EPS = 0.1
 
@@ -135,6 +136,128 @@ def test_projection_and_bad_arguments():
     model = torch.nn.Linear(4, 2)
     y = torch.tensor([0])
     for bad in (dict(norm="l1"), dict(loss="hinge"), dict(random_start="normal"),
-                dict(restarts=0)):
+                dict(restarts=0), dict(keep="first"), dict(eot_samples=0)):
         with pytest.raises(ValueError):
             pgd(model, x, y, epsilon=0.1, steps=1, step_size=0.1, **bad)
+
+
+# -- the strongest iterate: keep="best" ------------------------------------------------------
+class Band(torch.nn.Module):
+    """Two classes on one input u: z₁ − z₀ = a − b·(u − c)², so the wrong class 1 wins only in
+    the band |u − c| < √(a/b) (none when a < 0). L∞ PGD with steps of 0.1 climbs to c and then
+    oscillates around it: from u = 0.5 with c = 0.63 the iterates are 0.5, 0.6, 0.7, 0.6, 0.7,
+    …, and with a = 1, b = 400 the band (half-width 0.05) holds 0.6 but not 0.7."""
+
+    def __init__(self, a=1.0, b=400.0, c=0.63):
+        super().__init__()
+        self.a, self.b, self.c = a, b, c
+        self.calls = 0  # forward passes, to account for the cost of judging
+
+    def forward(self, x):
+        self.calls += 1
+        wrong = self.a - self.b * (x[:, 0] - self.c) ** 2
+        return torch.stack([torch.zeros_like(wrong), wrong], dim=1)
+
+
+BAND = dict(epsilon=0.45, steps=4, step_size=0.1, random_start="none")
+
+
+def band_points():
+    """Starts 0.5 (in the band at step 1 and 3, out of it at the end), 0.54 (in at 0.64 on
+    steps 1 and 3, out at 0.54 at the end) and 0.2 (0.3, 0.4, 0.5, 0.6: in the band only at
+    the end); true class 0 everywhere."""
+    x = torch.tensor([[0.5], [0.54], [0.2]], dtype=torch.float64)
+    return x, torch.zeros(3, dtype=torch.long)
+
+
+def fooled(model, x_adv, y):
+    with torch.no_grad():
+        return model(x_adv).argmax(1) != y
+
+
+def test_best_keeps_a_misclassified_iterate_the_last_one_left():
+    model = Band()
+    x, y = band_points()
+    last = pgd(model, x, y, **BAND)
+    best = pgd(model, x, y, keep="best", **BAND)
+    assert torch.allclose(last, torch.tensor([[0.7], [0.54], [0.6]], dtype=torch.float64))
+    assert fooled(model, last, y).tolist() == [False, False, True]  # last: two look robust
+    assert fooled(model, best, y).all()  # best: every example is broken
+    assert torch.allclose(best, torch.tensor([[0.6], [0.64], [0.6]], dtype=torch.float64))
+    assert (best - x).abs().max() <= BAND["epsilon"] + 1e-12
+    assert best.min() >= 0 and best.max() <= 1 and not best.requires_grad
+    # the same with restarts (runs combine by the same rule) and through the evaluation suite
+    assert fooled(model, pgd(model, x, y, keep="best", restarts=3, **BAND), y).all()
+    suite_pgd = create_attack("pgd", **BAND)
+    assert "keep" not in suite_pgd.settings  # a correctness fix, not a new attack
+    assert fooled(model, suite_pgd(model, x, y), y).all()
+
+
+def test_best_never_has_lower_loss_than_last_when_nothing_is_misclassified():
+    model = Band(a=-1.0)  # class 1 never wins
+    x, y = band_points()
+    last = pgd(model, x, y, **BAND)
+    best = pgd(model, x, y, keep="best", **BAND)
+    assert not fooled(model, best, y).any()
+    with torch.no_grad():
+        loss_last = F.cross_entropy(model(last), y, reduction="none")
+        loss_best = F.cross_entropy(model(best), y, reduction="none")
+    assert (loss_best >= loss_last).all()
+    assert loss_best[0] > loss_last[0]  # 0.6 is nearer the peak than the final 0.7
+
+
+def test_start_point_counts_and_judging_reuses_the_steps_forward_passes():
+    model = Band(c=0.5)  # the start itself is misclassified; the steps leave the band
+    x, y = torch.tensor([[0.5 + 1e-3]], dtype=torch.float64), torch.zeros(1, dtype=torch.long)
+    settings = dict(BAND, steps=3)  # 0.501, 0.401, 0.501, 0.401
+    assert fooled(model, x, y).all()
+    assert not fooled(model, pgd(model, x, y, **settings), y).any()
+    assert torch.equal(pgd(model, x, y, keep="best", **settings), x)
+    # one forward pass per step for the gradient (iterate t is judged from it), one for the end;
+    # restarts with "last" judge each run's end as before, with "best" they reuse the verdicts
+    for keep, restarts, eot, calls in (("last", 1, 1, 3), ("best", 1, 1, 4), ("best", 3, 1, 12),
+                                       ("last", 3, 1, 12), ("best", 1, 5, 20)):
+        model.calls = 0
+        pgd(model, x, y, keep=keep, restarts=restarts, eot_samples=eot, **settings)
+        assert model.calls == calls, (keep, restarts, eot)
+
+
+def test_ascend_on_an_opaque_objective_keeps_the_best_by_the_models_prediction():
+    model = Band()
+    x, y = band_points()
+
+    def objective(x_adv):
+        return F.cross_entropy(model(x_adv), y, reduction="sum")
+
+    settings = dict(BAND, random_start="none")
+    assert fooled(model, ascend(objective, x, **settings), y).tolist() == [False, False, True]
+    best = ascend(objective, x, keep="best", judge=prediction_judge(model, y), **settings)
+    assert fooled(model, best, y).all()
+    with pytest.raises(ValueError, match="judge"):
+        ascend(objective, x, keep="best", **settings)
+    with pytest.raises(ValueError, match="keep"):
+        ascend(objective, x, keep="first", **settings)
+
+
+@pytest.mark.parametrize("loss", ["ce", "cw"])
+def test_on_mnist_best_keeps_every_break_of_last_and_at_least_its_loss(trained_mlp,
+                                                                        mnist_test_slice, loss):
+    """Same seed, same trajectory: "best" only chooses among the iterates "last" walked
+    through, so every example last breaks stays broken, and the rest lose no loss."""
+    x, y = mnist_test_slice
+    x, y = x[:256], y[:256]
+    settings = dict(epsilon=0.1, steps=10, step_size=0.05, loss=loss)  # large steps oscillate
+    last = pgd(trained_mlp, x, y, generator=torch.Generator().manual_seed(3), **settings)
+    best = pgd(trained_mlp, x, y, generator=torch.Generator().manual_seed(3), keep="best",
+               **settings)
+    broken_last, broken_best = fooled(trained_mlp, last, y), fooled(trained_mlp, best, y)
+    assert broken_last.sum() > 100  # a real fight
+    assert (broken_best | ~broken_last).all()
+    loss_fn = F.cross_entropy if loss == "ce" else cw_loss
+    with torch.no_grad():
+        kwargs = {"reduction": "none"} if loss == "ce" else {}
+        loss_last = loss_fn(trained_mlp(last), y, **kwargs)
+        loss_best = loss_fn(trained_mlp(best), y, **kwargs)
+    unbroken = ~broken_best
+    assert (loss_best[unbroken] >= loss_last[unbroken] - 1e-5).all()
+    assert (best - x).abs().max() <= 0.1 + 1e-6 and best.min() >= 0 and best.max() <= 1

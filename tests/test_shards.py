@@ -7,7 +7,7 @@ import torch
 
 from attacks.evaluate import evaluate_model
 from attacks.evaluate_cli import main as evaluate_cli
-from attacks.shards import CHECKS, Plan, Progress, run_unit, slug
+from attacks.shards import CHECKS, INDICATORS, Plan, Progress, run_unit, slug
 from trainables.checkpoints import save_checkpoint
 from trainables.config import TrialConfig
 
@@ -24,7 +24,8 @@ def test_plan_units_cover_every_point_once_per_attack():
     chosen = plan()
     assert chosen.shards() == [(0, 16), (16, 32), (32, 40)]
     units = chosen.units()
-    assert units[0].attack == CHECKS and len(units) == 1 + 3 * 2
+    assert [u.attack for u in units[:2]] == [CHECKS, INDICATORS] and len(units) == 2 + 3 * 2
+    assert len(plan(indicators=None).units()) == 1 + 3 * 2
     for attack in ATTACKS:
         covered = [i for u in units if u.attack == attack for i in range(u.start, u.stop)]
         assert covered == list(range(40))
@@ -34,9 +35,10 @@ def test_plan_units_cover_every_point_once_per_attack():
 def test_plan_key_tracks_every_setting_and_round_trips():
     assert plan().key == plan().key
     for change in ({"seed": 1}, {"epsilon": 0.1}, {"shard_size": 8}, {"batch_size": 64},
-                   {"attacks": ATTACKS[:1]}):
+                   {"attacks": ATTACKS[:1]}, {"eot_samples": 20}, {"indicators": None}):
         assert plan(**change).key != plan().key
-    assert Plan.from_dict(json.loads(json.dumps(plan().to_dict()))) == plan()
+    for chosen in (plan(), plan(indicators=None, eot_samples=5)):
+        assert Plan.from_dict(json.loads(json.dumps(chosen.to_dict()))) == chosen
     with pytest.raises(ValueError, match="at least one attack"):
         plan(attacks=())
     with pytest.raises(ValueError, match="repeat"):
@@ -77,10 +79,22 @@ def test_evaluate_cli_on_a_checkpoint(tmp_path, trained_mlp, capsys):
                                     "model_params": {"hidden": 256, "layers": 2}})
     folder = save_checkpoint(tmp_path / "ckpt", model=trained_mlp, config=config)
     out = tmp_path / "report.json"
+    points = tmp_path / "adversarial.safetensors"
     evaluate_cli([str(folder), "--attacks", "pgd-20", "fgsm", "--n-examples", "30",
-                  "--json", str(out)])
+                  "--json", str(out), "--points", str(points)])
     report = json.loads(out.read_text())
     assert report["n"] == 30 and report["epsilon"] == 0.05 and report["dataset"] == "mnist"
+    transfer = [i for i in report["indicators"] if i["name"] == "transfer"]
+    assert transfer and transfer[0]["n"] > 0  # a surrogate was trained for it
+    from attacks.targets import load_points
+    from attacks.verify import load_points_file, verify_points
+
+    kept, metadata = load_points_file(points)
+    assert metadata["data_checksum"] == report["source"]["data_checksum"]
+    x, y = load_points("mnist", 30, "cpu")
+    found = verify_points(trained_mlp, x, y, kept, epsilon=0.05, norm="linf",
+                          reported_robust=round(report["worst_case_accuracy"] * 30))
+    assert found.ok
     assert set(report["attacks"]) == {"pgd-20", "fgsm"}
     assert len(report["attacks"]["fgsm"]["robust"]) == 30
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -96,7 +110,7 @@ def test_epsilon_curve_and_margin_units_merge(tmp_path, trained_mlp, mnist_test_
     x, y = (t[:40] for t in mnist_test_slice)
     chosen = plan(epsilon_curve=(0.02, 0.1), curve_attack="pgd:steps=5", margins=True)
     assert Plan.from_dict(json.loads(json.dumps(chosen.to_dict()))) == chosen
-    assert len(chosen.units()) == 1 + 3 * (2 + 2 + 1)
+    assert len(chosen.units()) == 2 + 3 * (2 + 2 + 1)
     progress = Progress(tmp_path, "run-2", chosen)
     for unit in progress.pending():
         progress.save(unit, run_unit(trained_mlp, x, y, unit, chosen))
@@ -113,3 +127,12 @@ def test_epsilon_curve_and_margin_units_merge(tmp_path, trained_mlp, mnist_test_
     assert report.margins["effective_margin"] == pytest.approx(
         effective_margin(trained_mlp, x, y).tolist(), rel=1e-5)
     assert all(0 <= m <= 5.0 for m in report.margins["average_margin"])
+
+
+def test_two_spellings_of_one_attack_are_refused():
+    with pytest.raises(ValueError, match="same attack.*pgd100_ce"):
+        plan(attacks=("pgd-100-ce", "pgd:loss=ce,steps=100"))
+    from attacks.pool_config import PoolConfig
+
+    with pytest.raises(ValueError, match="same attack"):
+        PoolConfig(attacks=("aa-standard", "autoattack"))

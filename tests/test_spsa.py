@@ -10,7 +10,7 @@ from linear import linear_model
 from torch import nn
 
 from attacks.pgd import pgd
-from attacks.spsa import SPSA_PRESETS, spsa, spsa_preset, spsa_with_stats
+from attacks.spsa import SPSA_PRESETS, margin_loss, spsa, spsa_preset, spsa_with_stats
 
 EPS = 0.05
 
@@ -261,3 +261,47 @@ def test_model_is_attacked_in_eval_mode_and_its_mode_restored():
     spsa(model, x, y, epsilon=0.1, steps=3, samples=4, early_stop=False)
     assert model.training
     assert model.modes and not any(model.modes)
+
+
+class Notch(torch.nn.Module):
+    """One input u, margin z₀ − z₁ = −a + k₊·(u − u₀)⁺ + k₋·(u₀ − u)⁺: misclassified only in
+    a notch around u₀ narrower than one Adam step, steeper on the right, so SPSA's first
+    finite difference points right and its first step (exactly lr) lands left of the notch."""
+
+    def __init__(self, u0=0.5, a=0.01, right=2.0, left=1.0):
+        super().__init__()
+        self.u0, self.a, self.right, self.left = u0, a, right, left
+
+    def forward(self, x):
+        u = x[:, 0]
+        margin = (-self.a + self.right * (u - self.u0).clamp_min(0)
+                  + self.left * (self.u0 - u).clamp_min(0))
+        return torch.stack([margin, torch.zeros_like(margin)], dim=1)
+
+
+def test_the_start_is_kept_when_no_later_iterate_is_as_low():
+    model = Notch()
+    x = torch.full((4, 1), 0.5, dtype=torch.float64)
+    y = torch.zeros(4, dtype=torch.long)
+    settings = dict(epsilon=0.2, samples=4, delta=0.001, lr=0.05, early_stop=False)
+    assert (model(x)[:, 0] < 0).all()  # misclassified at the start only
+    assert (model(x - 0.05)[:, 0] > 0).all()  # the first iterate is correctly classified
+    for steps in (1, 10):  # the start is the unique lowest margin in the ball
+        assert torch.equal(spsa(model, x, y, steps=steps, **settings), x)
+
+
+def test_the_lowest_margin_iterate_is_kept_so_longer_runs_never_do_worse(trained_mlp,
+                                                                           mnist_test_slice):
+    """Without early stopping every iteration draws the same directions whatever the budget,
+    so a run of k + 1 iterations extends the run of k: its returned margin can only go down."""
+    x, y = mnist_test_slice
+    x, y = x[:16], y[:16]
+    settings = dict(epsilon=0.1, samples=32, lr=0.03, early_stop=False, seed=5)
+    margins = []
+    for steps in range(9):
+        with torch.no_grad():
+            margins.append(margin_loss(trained_mlp(spsa(trained_mlp, x, y, steps=steps,
+                                                        **settings)), y))
+    margins = torch.stack(margins)
+    assert (margins[1:] <= margins[:-1]).all()
+    assert (margins[-1] < margins[0]).all()  # and it does make progress

@@ -268,3 +268,48 @@ def test_record_evaluation_resumes_an_interrupted_run(store):
         params={}, metrics={"robust_accuracy": 0.5}, tags={}, artifacts_dir=None)
     assert (run_id, written) == (started, True)
     assert store.client.get_run(run_id).data.tags["evaluation_complete"] == "true"
+
+
+def test_a_published_trial_is_recorded_with_its_reproducibility_record(store):
+    """The row of a checkpoint found in the queue carries the training run's seed, schedule,
+    batch size, epochs, lr and training data checksum beside the evaluation's own seed."""
+    import json
+
+    import torch
+
+    from attacks.evaluate import AttackResult, build_report
+    from attacks.pool import record_row
+    from attacks.schema import EvaluationRecord
+    from attacks.shards import Plan
+    from attacks.suite import create_attack
+    from trainables.config import TrialConfig
+
+    store.experiment("reproducible")
+    run = store.trial("reproducible", "s", "t", 0.5)
+    (candidate,) = find_candidates(store.uri, experiments=["reproducible"])
+    attack = create_attack("pgd-100-cw", epsilon=0.1, seed=9)
+    report = build_report(torch.tensor([True, True, False]), [AttackResult(
+        "pgd-100-cw", attack.name, True, attack.settings, torch.tensor([True, False, True]),
+        3.0)], epsilon=0.1, norm="linf", seed=9)
+    plan = Plan(attacks=("pgd-100-cw",), epsilon=0.1, norm="linf", seed=9, n_examples=3,
+                shard_size=3)
+    config = TrialConfig(seed=21, epochs=4, lr=0.2, batch_size=32, schedule="piecewise",
+                         lr_milestones=[2, 3], lr_gamma=0.5).to_dict()
+    row, written = record_row(store.uri, "board", report=report, plan=plan, config=config,
+                              candidate=candidate, checkpoint="/ck", data_checksum="points",
+                              seconds=5.0, train_seconds=60.0,
+                              artifact_location=store.artifacts)
+    assert written
+    data = store.client.get_run(row).data
+    assert {"eval_seed": "9", "train_seed": "21", "epochs": "4", "lr": "0.2",
+            "batch_size": "32", "lr_schedule": "piecewise", "lr_milestones": "[2, 3]",
+            "lr_gamma": "0.5", "train_data_checksum": "d41d8"}.items() <= data.params.items()
+    # a point misclassified clean counts as broken, whatever the attack reported
+    assert data.metrics["pgd100_cw_accuracy"] == pytest.approx(1 / 3)
+    assert data.tags["source_run"] == run and data.tags["attack.pgd100_cw"]
+    path = store.client.download_artifacts(row, "evaluation/report.json", str(store.root))
+    with open(path) as file:
+        record = EvaluationRecord.from_dict(json.load(file))
+    assert record.source.source_run == run and record.source.data_checksum == "points"
+    assert (record.training.seed, record.training.data_checksum) == (21, "d41d8")
+    assert record.training.lr_milestones == (2, 3) and record.eval_seed == 9

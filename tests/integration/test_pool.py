@@ -15,7 +15,6 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from attacks.evaluate import evaluate_model
-from attacks.shards import slug
 from dashboards.queue import STATUS_TAG
 from dashboards.runs import TrialTracker, now_ms
 from trainables.checkpoints import save_checkpoint
@@ -63,7 +62,7 @@ def leaderboard_runs(store) -> list:
 
 
 def test_pool_evaluates_records_and_adds_nothing_on_rerun(ray_cluster, store, trained_mlp,
-                                                          mnist_test_slice):
+                                                          mnist_test_slice, capsys):
     from attacks.pool_cli import main
 
     good = publish(store, trained_mlp, trial="good", score=0.6)
@@ -92,13 +91,30 @@ def test_pool_evaluates_records_and_adds_nothing_on_rerun(ray_cluster, store, tr
             expected[label].append(report.attacks[label].robust)
     document = json.loads(Path(client.download_artifacts(
         row.info.run_id, "evaluation/report.json", str(store["root"]))).read_text())
-    for label in ATTACKS:
+    columns = [document["attacks"][label]["column"] for label in ATTACKS]
+    assert columns == ["pgd10_ce", "square_queries100", "spsa_samples32_steps3"]
+    for label, column in zip(ATTACKS, columns, strict=True):
         robust = torch.cat(expected[label])
         assert document["attacks"][label]["robust"] == robust.tolist()
-        assert row.data.metrics[f"{slug(label)}_accuracy"] == pytest.approx(
+        assert row.data.metrics[f"{column}_accuracy"] == pytest.approx(
             robust.float().mean().item())
-    assert row.data.metrics["worst_case_accuracy"] <= row.data.metrics["spsa_accuracy"]
+    assert row.data.metrics["worst_case_accuracy"] <= \
+        row.data.metrics["spsa_samples32_steps3_accuracy"]
     assert row.data.metrics["clean_n"] == N and "clean_ci_low" in row.data.metrics
+    indicators = {i["name"]: i for i in document["indicators"]}
+    assert set(indicators) == {"unbounded", "fgsm_beats_pgd", "more_steps", "restarts",
+                               "transfer"}
+    assert indicators["transfer"]["n"] > 0  # a surrogate was trained in the evaluator
+    assert not any(i["fired"] for i in indicators.values())
+
+    # the kept adversarial points reproduce the worst case without an attack
+    from attacks.verify_cli import main as verify
+
+    assert verify([row.info.run_id[:8], "--tracking-uri", store["uri"], "--json"]) == 0
+    found = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert found["ok"] and found["robust"] == round(row.data.metrics["worst_case_accuracy"] * N)
+    assert found["kept"] == round((row.data.metrics["clean_accuracy"]
+                                   - row.data.metrics["worst_case_accuracy"]) * N)
 
     again = main(pool_args(store, "--evaluators", "1"))
     assert again["evaluated"] == 0 and again["units_run"] == 0
@@ -138,7 +154,7 @@ def test_killed_pool_resumes_without_redoing_units(ray_cluster, store, trained_m
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in units.rglob("shard*.json")}
-    assert 4 <= len(before) < 1 + 3 * 4  # stopped in the middle
+    assert 4 <= len(before) < 2 + 3 * 4  # stopped in the middle
     assert not leaderboard_runs(store)
 
     second = spawn_pool(store, log)
@@ -146,7 +162,7 @@ def test_killed_pool_resumes_without_redoing_units(ray_cluster, store, trained_m
     assert second.returncode == 0, log.read_text()[-3000:]
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["units_reused"] == len(before)
-    assert summary["units_run"] == 13 - len(before) and summary["evaluated"] == 1
+    assert summary["units_run"] == 14 - len(before) and summary["evaluated"] == 1
     for path, (mtime, content) in before.items():  # finished work was not redone
         assert path.stat().st_mtime_ns == mtime and path.read_bytes() == content
     killed = leaderboard_runs(store)
