@@ -117,13 +117,13 @@ def main() -> None:
     costs["verify: re-check kept points"] = timed(
         lambda: verify_points(model, x, y, kept, epsilon=epsilon, norm=norm), args.repeats) * scale
 
-    width = max(map(len, costs))
+    once = "surrogate training (once per architecture)"
+    width = max(len(once), *map(len, costs))
     print(f"{len(x)} points of {config.dataset}, {config.model}, {norm} ε={epsilon:g}, "
           f"{args.threads} thread(s); seconds per 100 points (median of {args.repeats})")
     for name, seconds in costs.items():
         print(f"  {name:<{width}}  {seconds:7.3f}")
-    print(f"  {'surrogate training (once per architecture)':<{width}}  {surrogate_seconds:7.3f}"
-          " (total)")
+    print(f"  {once:<{width}}  {surrogate_seconds:7.3f} (total)")
     total = sum(seconds for name, seconds in costs.items() if not name.startswith("verify"))
     if evaluation_per_100:
         print(f"checks and indicators / evaluation: {total / evaluation_per_100:.3f} "

@@ -51,9 +51,11 @@ def metric_columns(metrics: Iterable[str]) -> list[str]:
 
 
 def ordered(columns: Iterable[str]) -> list[str]:
-    """The well-known columns in their fixed order, then the others by name."""
+    """The well-known columns in their fixed order, the others by name, the worst case last."""
     present = set(columns)
-    return [c for c in WELL_KNOWN if c in present] + sorted(present - set(WELL_KNOWN))
+    known = [c for c in WELL_KNOWN if c in present and c != WORST_CASE]
+    return known + sorted(present - set(WELL_KNOWN)) + ([WORST_CASE] if WORST_CASE in present
+                                                        else [])
 
 
 def accuracy_columns(frame: pd.DataFrame) -> list[str]:
@@ -155,8 +157,10 @@ def rank(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def shown_columns(frame: pd.DataFrame) -> list[str]:
-    """The identifying columns, every accuracy column (in order), then the row's bookkeeping."""
-    return [c for c in [*LEADING, *accuracy_columns(frame), *TRAILING] if c in frame.columns]
+    """The identifying columns, every accuracy column some row has (in order), then the row's
+    bookkeeping."""
+    filled = [c for c in accuracy_columns(frame) if frame[c].notna().any()]
+    return [c for c in [*LEADING, *filled, *TRAILING] if c in frame.columns]
 
 
 def shown(frame: pd.DataFrame) -> pd.DataFrame:

@@ -213,3 +213,14 @@ def test_a_randomised_model_plain_autoattack_overrates_is_rated_lower_with_eot(
     record = with_eot.to_record()
     assert record.eot and record.eot_samples == 20
     assert record.attacks[0].column == "autoattack_rand"
+
+    from attacks.rows import row_metrics, row_tags
+    from attacks.shards import Plan
+
+    plan = Plan(attacks=("aa-standard",), epsilon=EPS, norm="linf", seed=0, n_examples=64,
+                shard_size=64, eot_samples=20)
+    tags = row_tags(record, source_experiment="0", source_tags={}, seconds=1.0, plan=plan)
+    metrics = row_metrics(record)
+    assert tags["eot"] == "true" and tags["eot_samples"] == "20"  # the row says EOT
+    assert metrics["autoattack_rand_accuracy"] == pytest.approx(eot_accuracy)
+    assert "autoattack_accuracy" not in metrics  # no deterministic number to rank by
