@@ -229,6 +229,12 @@ def _adaptive(*, epsilon: float, defense: str, defense_params: dict | None = Non
 @register_attack("spsa")
 def _spsa(*, epsilon: float, preset: str | None = None, norm: str = "linf", seed: int = 0,
           **settings: Any) -> Attack:
+    accepted = set(inspect.signature(spsa).parameters) - {"model", "x", "y", "epsilon", "norm",
+                                                           "generator", "seed"}
+    unknown = sorted(set(settings) - accepted)
+    if unknown:  # a gradient-free attack has no use for bpda or eot_samples either
+        raise ValueError(f"bad settings for attack 'spsa': {', '.join(unknown)}; accepted: "
+                         f"preset, {', '.join(sorted(accepted))}")
     chosen = {**(spsa_preset(preset) if preset else spsa_preset("strong")), **settings}
     recorded = {"epsilon": epsilon, "norm": norm, "seed": seed, "preset": preset, **chosen}
 

@@ -305,3 +305,12 @@ def test_the_lowest_margin_iterate_is_kept_so_longer_runs_never_do_worse(trained
     margins = torch.stack(margins)
     assert (margins[1:] <= margins[:-1]).all()
     assert (margins[-1] < margins[0]).all()  # and it does make progress
+
+
+def test_settings_spsa_does_not_take_are_refused_when_the_attack_is_made():
+    from attacks.suite import create_attack
+
+    for spec in ("spsa:bpda=true", "spsa:eot_samples=4", "spsa:stepz=3"):
+        with pytest.raises(ValueError, match="bad settings for attack 'spsa'"):
+            create_attack(spec, epsilon=0.1)
+    assert create_attack("spsa:steps=3,samples=32", epsilon=0.1).settings["steps"] == 3
