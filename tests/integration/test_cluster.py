@@ -75,7 +75,7 @@ def test_ray_job_submit_runs_the_smoke_sweep(tmp_path):
         client = MlflowClient(f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
         board = client.get_experiment_by_name("leaderboard")
         rows = client.search_runs([board.experiment_id])
-        assert len(rows) == 2 and all("pgd_steps_5_accuracy" in r.data.metrics for r in rows)
+        assert len(rows) == 2 and all("pgd5_ce_accuracy" in r.data.metrics for r in rows)
     finally:
         head.stop()
 
