@@ -40,7 +40,37 @@ from sweeps.cluster import connect
 
 
 def log(message: str) -> None:
+    """One line on stderr: an event that matters (a checkpoint claimed, evaluated, failed)."""
     print(f"[pool] {message}", file=sys.stderr, flush=True)
+
+
+class Details:
+    """Every finished unit, one line each, in ``state_dir/pool.log``; a live progress bar on
+    a terminal (none when stderr is a file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.bar = None
+
+    def write(self, message: str) -> None:
+        with self.path.open("a") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    def start(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="unit", desc="[pool] units", leave=False,
+                        disable=None, file=sys.stderr)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 @ray.remote
@@ -119,6 +149,7 @@ class Pool:
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
         self.evaluators = [self._new_evaluator() for _ in range(config.evaluators)]
+        self.details = Details(config.state_dir / "pool.log")
         self.stats = {"evaluated": 0, "failed": 0, "skipped": 0, "units_run": 0,
                       "units_reused": 0, "examples": 0, "seconds": 0.0, "evaluators_lost": 0}
 
@@ -193,6 +224,17 @@ class Pool:
 
     def execute(self, jobs: list[Job]) -> None:
         queue = deque((job, unit) for job in jobs for unit in job.progress.pending())
+        self.details.start(len(queue))
+        try:
+            self._drain(jobs, queue)
+        finally:
+            self.details.stop()
+        for job in jobs:
+            if not job.failed:
+                self.finalize(job)
+
+    def _drain(self, jobs: list[Job], queue: deque) -> None:
+        """Run the queued units on the evaluators until none is left."""
         idle, running = deque(self.evaluators), {}
         renewed = heard = time.monotonic()
         while queue or running:
@@ -224,9 +266,6 @@ class Pool:
                 renewed = time.monotonic()
                 for job in jobs:
                     self.renew(job)
-        for job in jobs:
-            if not job.failed:
-                self.finalize(job)
 
     def collect(self, job: Job, unit: Unit, ref) -> bool:
         """Save a finished unit; False if its evaluator died (the unit is to be redone)."""
@@ -251,8 +290,10 @@ class Pool:
         accuracy = ""
         if "result" in record:
             accuracy = f"{record['result']['accuracy']:.1%} "
-        log(f"{job.name}: shard {unit.shard + 1}/{len(job.plan.shards())} {unit.attack}: "
-            f"{accuracy}({record['seconds']:.1f} s) [{done}/{total}]")
+        self.details.write(f"{job.name}: shard {unit.shard + 1}/{len(job.plan.shards())} "
+                           f"{unit.attack}: {accuracy}({record['seconds']:.1f} s) "
+                           f"[{done}/{total}]")
+        self.details.advance()
         return True
 
     def renew(self, job: Job) -> None:
@@ -280,8 +321,11 @@ class Pool:
         self.stats["examples"] += job.plan.n_examples
         self.stats["seconds"] += seconds
         worst = report.worst_case.float().mean().item()
-        log(f"{job.name}: done — clean {report.clean.float().mean():.1%}, worst case "
-            f"{worst:.1%}, {len(report.flags)} flags, leaderboard run {run_id}")
+        flags = f"{len(report.flags)} flags: {'; '.join(report.flags)[:300]}" if report.flags \
+            else "no flags"
+        log(f"{job.name} evaluated in {seconds:.0f} s: clean {report.clean.float().mean():.1%}, "
+            f"worst case {worst:.1%}{' (EOT)' if report.eot_samples else ''}, {flags}; "
+            f"leaderboard run {run_id[:8]}")
 
     def fail(self, candidate: queue.Candidate, reason: str) -> None:
         log(f"{candidate.run_name or candidate.run_id}: failed — {reason}")
@@ -335,7 +379,8 @@ def run(config: PoolConfig) -> dict[str, Any]:
     started = time.perf_counter()
     pool = Pool(config)
     log(f"{config.evaluators} evaluators; tracking {config.tracking_uri}; "
-        f"leaderboard experiment {config.leaderboard!r}; state in {config.state_dir}")
+        f"leaderboard experiment {config.leaderboard!r}; every unit in "
+        f"{config.state_dir / 'pool.log'}")
     try:
         while True:
             pool.round()

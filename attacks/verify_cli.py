@@ -26,7 +26,8 @@ class VerifyFlags:
     """Re-check a leaderboard row's kept adversarial points against its checkpoint."""
 
     row: Annotated[str, tyro.conf.Positional]  # leaderboard run id, or a unique prefix of one
-    tracking_uri: str | None = None  # MLflow store (default: sqlite under $ROBUST_SWEEPS_HOME)
+    # MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite under $ROBUST_SWEEPS_HOME)
+    tracking_uri: str | None = None
     experiment: str = "leaderboard"  # the leaderboard experiment
     device: str = "cpu"
     json: bool = False  # print the findings as one JSON line instead of sentences
@@ -79,10 +80,10 @@ def verify_row(tracking_uri: str, experiment: str, row: str, device: str = "cpu"
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(VerifyFlags, sys.argv[1:] if argv is None else argv)
-    from dashboards.runs import default_tracking_uri
+    from dashboards.runs import resolve_tracking_uri
     from sweeps.environment import home
 
-    uri = args.tracking_uri or default_tracking_uri(home())
+    uri = resolve_tracking_uri(args.tracking_uri, home())
     try:
         found = verify_row(uri, args.experiment, args.row, args.device)
     except LookupError as error:

@@ -19,8 +19,8 @@ FORMATS = ("markdown", "csv", "json", "robustbench")
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tracking-uri", help="MLflow store (default: sqlite under "
-                                               "$ROBUST_SWEEPS_HOME)")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, "
+                                               "else sqlite under $ROBUST_SWEEPS_HOME)")
     parser.add_argument("--experiment", default=LEADERBOARD, help="leaderboard experiment")
     return parser
 
@@ -31,21 +31,28 @@ def _filters(parser: argparse.ArgumentParser) -> None:
 
 
 def _store(args: argparse.Namespace) -> tuple[str, Path]:
-    from dashboards.runs import default_tracking_uri
+    """The MLflow store (``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else the home's)
+    and the home."""
+    from dashboards.runs import resolve_tracking_uri
     from sweeps.environment import home
 
     root = home()
-    return args.tracking_uri or default_tracking_uri(root), root
+    return resolve_tracking_uri(args.tracking_uri, root), root
 
 
 def report(argv: list[str] | None = None) -> Path:
     """``robust-sweeps report``: the static HTML report (``index.html`` and its figures)."""
-    parser = _parser("robust-sweeps report", "Render the leaderboard, Pareto front, ε curves, "
-                     "sweep histories and margin histograms as a static HTML report.")
+    parser = _parser("robust-sweeps report", "Render the leaderboard (intervals, rows linked to "
+                     "the MLflow UI), the McNemar matrix of the best rows, Pareto front, ε "
+                     "curves, sweep histories and margins as a static HTML report.")
     parser.add_argument("--optuna-storage", help="study storage for the sweep plots "
                                                  "(default: $ROBUST_SWEEPS_HOME/optuna.db)")
     parser.add_argument("--out", type=Path, help="output folder (default: "
                                                  "$ROBUST_SWEEPS_HOME/report)")
+    parser.add_argument("--mlflow-ui", default="http://127.0.0.1:5000",
+                        help="the MLflow UI each row links to, "
+                             "{ui}/#/experiments/{id}/runs/{run} (default: %(default)s, where "
+                             "`mlflow ui` serves; '' for no links)")
     _filters(parser)
     args = parser.parse_args(argv)
     from dashboards.report import render
@@ -55,8 +62,9 @@ def report(argv: list[str] | None = None) -> Path:
     if storage is None and (root / "optuna.db").exists():
         storage = f"sqlite:///{root / 'optuna.db'}"
     index = render(uri, args.out or root / "report", experiment=args.experiment,
-                   optuna_storage=storage, dataset=args.dataset, threat_model=args.threat_model,
-                   sweep=args.sweep, defense=args.defense)
+                   optuna_storage=storage, mlflow_ui=args.mlflow_ui or None,
+                   dataset=args.dataset, threat_model=args.threat_model, sweep=args.sweep,
+                   defense=args.defense)
     print(index)
     return index
 

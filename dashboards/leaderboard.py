@@ -8,15 +8,17 @@ accuracy (standard version; for a row whose numbers come from EOT attacks, the `
 version's, and its ``eot`` column says so), the worst case where no AutoAttack ran; rows with
 integrity flags are set apart after the trusted ones and get no rank, whatever their numbers.
 Rows written before report schema 2 are read through the columns the leaderboard then showed.
-Exports: CSV, Markdown, HTML, and a row in RobustBench's model-info JSON format.
+Exports: CSV, Markdown, HTML (each accuracy with its interval, rows named by
+:func:`row_names`), and a row in RobustBench's model-info JSON format.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,11 +198,175 @@ def to_csv(frame: pd.DataFrame, path) -> None:
     frame.to_csv(path, index=False)
 
 
-def to_html(frame: pd.DataFrame) -> str:
-    table, accuracies = shown(frame).copy(), set(accuracy_columns(frame))
-    for column in table.columns:
-        table[column] = [_cell(v, column, column in accuracies) for v in table[column]]
-    return table.to_html(index=False, classes="leaderboard", border=0, escape=True)
+# -- names: a defense and the knobs that tell its rows apart ----------------------------------
+KNOB = "knob."
+DEFENSE_NAMES = {"standard": "Standard", "pgd_at": "PGD-AT", "trades": "TRADES", "mart": "MART",
+                 "alp": "ALP", "igr": "IGR", "mail_at": "MAIL-AT", "mail_trades": "MAIL-TRADES",
+                 "fast_at": "Fast-AT", "free_at": "Free-AT", "emr": "EMR", "at_lma": "AT-LMA",
+                 "trades_lma": "TRADES-LMA", "mart_lma": "MART-LMA", "lma_at": "LMA-AT",
+                 "he": "HE", "m_he": "m-HE", "smd": "SMD", "amr": "AMR"}
+# how a name writes each knob (the papers' symbols), in the order names list them; a knob not
+# here is written by its name, after these
+KNOB_SYMBOLS = {"lambda_emr": "λ", "lambda_alp": "λ", "lambda_igr": "λ", "lambda_margin": "λ",
+                "lambda_kl": "λ_KL", "temperature": "t", "beta": "β", "beta_orth": "β_orth",
+                "tau": "τ", "delta": "δ", "alpha": "α", "scale": "s", "margin": "m",
+                "alpha_ratio": "α/ε", "replays": "replays", "step_ratio": "step",
+                "slope": "slope", "bias": "bias", "plan_epochs": "N", "emr_exact": "exact",
+                "emr_on": "on", "emr_base": "base", "he_base": "base", "igr_base": "base"}
+
+
+def defense_name(defense: Any) -> str:
+    """A defense as papers write it (``pgd_at`` → ``PGD-AT``); an unknown one as it is."""
+    return DEFENSE_NAMES.get(str(defense), str(defense))
+
+
+def _knob_value(value: Any) -> float | str:
+    """A knob's value (params are text) as a number where it is one, else as text."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return number if math.isfinite(number) else str(value)
+
+
+def knob_texts(values: Sequence[Any]) -> list[str]:
+    """Knob values as names write them: numbers with two significant digits (``0.866`` →
+    ``0.87``, ``6.0`` → ``6``), more where two different values would otherwise read alike."""
+    parsed = [_knob_value(v) for v in values]
+    distinct = len(set(parsed))
+    for digits in range(2, 18):
+        texts = [f"{v:.{digits}g}" if isinstance(v, float) else v for v in parsed]
+        if len(set(texts)) == distinct:
+            return texts
+    return [str(v) for v in parsed]
+
+
+def _knob_order(column: str) -> tuple[int, str]:
+    knob = column[len(KNOB):]
+    order = list(KNOB_SYMBOLS)
+    return (order.index(knob) if knob in KNOB_SYMBOLS else len(order), knob)
+
+
+def distinguishing_knobs(rows: pd.DataFrame) -> list[str]:
+    """The ``knob.*`` columns whose values differ between ``rows`` (in :data:`KNOB_SYMBOLS`
+    order, then by name)."""
+    columns = sorted((c for c in rows.columns if c.startswith(KNOB)), key=_knob_order)
+    return [c for c in columns if len({_knob_value(v) for v in rows[c]}) > 1]
+
+
+def row_names(frame: pd.DataFrame) -> dict[str, str]:
+    """Each row's name, by run id: its defense as papers write it and the knobs that differ
+    between the rows of that defense (``TRADES β=6``, ``EMR λ=0.3, t=2``); rows whose names
+    still read alike get the start of their run id, 8 characters or as many as tell them apart
+    (``PGD-AT (2b93873f)``)."""
+    names: dict[str, str] = {}
+    if frame.empty:
+        return names
+    defenses = frame["defense"].astype(str)
+    for defense in dict.fromkeys(defenses):
+        rows = frame[defenses == defense]
+        parts: list[list[str]] = [[] for _ in range(len(rows))]
+        for column in distinguishing_knobs(rows):
+            knob = column[len(KNOB):]
+            for part, text in zip(parts, knob_texts(list(rows[column])), strict=True):
+                part.append(f"{KNOB_SYMBOLS.get(knob, knob)}={text}")
+        for run_id, part in zip(rows["run_id"].astype(str), parts, strict=True):
+            names[run_id] = f"{defense_name(defense)} {', '.join(part)}".strip()
+    tied: dict[str, list[str]] = {}
+    for run_id, name in names.items():
+        tied.setdefault(name, []).append(run_id)
+    for name, run_ids in tied.items():
+        if len(run_ids) > 1:
+            length = next(k for k in range(8, 1 + max(map(len, run_ids)))
+                          if len({r[:k] for r in run_ids}) == len(run_ids))
+            names.update({r: f"{name} ({r[:length]})" for r in run_ids})
+    return names
+
+
+# -- HTML ----------------------------------------------------------------------------------------
+# said once, in the caption, when every row has the same value
+SHARED: dict[str, Callable[[Any], str]] = {
+    "model": lambda v: f"model {v}", "dataset": lambda v: f"dataset {v}",
+    "threat_model": lambda v: f"threat model {v}",
+    "eot": lambda v: "EOT attacks" if bool(v) else "no EOT", "n": lambda v: f"n = {v} points"}
+HEADERS = {"rank": "#", "defense": "row", "device_hours": "device-hours", "run_id": "MLflow run"}
+
+
+def interval_text(value: Any, low: Any, high: Any) -> str:
+    """An accuracy and its 95 % interval in %, compactly: ``51.3 [45.7, 56.9]``; ``—`` when
+    not measured."""
+    if _missing(value):
+        return "—"
+    if _missing(low) or _missing(high):
+        return f"{100 * value:.1f}"
+    return f"{100 * value:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _short(text: str, length: int = 80) -> str:
+    """``text`` cut at a word to at most ``length`` characters (an ellipsis where cut)."""
+    return text if len(text) <= length else text[:length - 1].rsplit(" ", 1)[0] + "…"
+
+
+def _accuracy_html(row: pd.Series, column: str) -> str:
+    text = interval_text(row[column], row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high"))
+    value, _, interval = text.partition(" ")
+    return html.escape(value) + (f" <span class='ci'>{html.escape(interval)}</span>"
+                                 if interval else "")
+
+
+def to_html(frame: pd.DataFrame, *, names: dict[str, str] | None = None,
+            links: dict[str, str] | None = None) -> str:
+    """The shown columns as an HTML table (class ``leaderboard``): each row named
+    (:func:`row_names`, or ``names`` by run id) in place of its bare defense, every accuracy in
+    % with its 95 % interval (``51.3 [45.7, 56.9]``, the interval in a ``span.ci``), the
+    identifying columns all rows share said once in the caption, the flags column only when
+    some row is flagged (the first 80 characters; all of them in the cell's title), and each
+    run id, beside the name, a link to ``links[run_id]`` where one is given."""
+    names = row_names(frame) if names is None else names
+    links = links or {}
+    accuracies = set(accuracy_columns(frame))
+    columns = [c for c in shown_columns(frame)
+               if not (c in SHARED and frame[c].nunique(dropna=False) == 1)
+               and not (c == "flags" and not frame[c].astype(bool).any())]
+    if "run_id" in columns and "defense" in columns:  # the link beside the name
+        columns.remove("run_id")
+        columns.insert(columns.index("defense") + 1, "run_id")
+    shared = [write(frame[c].iloc[0]) for c, write in SHARED.items()
+              if c in frame.columns and c not in columns and len(frame)]
+    head = "".join(f"<th>{html.escape(HEADERS.get(c, c)).replace('_', '_<wbr>')}</th>"
+                   for c in columns)
+    body = []
+    for _, row in frame.iterrows():
+        run_id = str(row["run_id"])
+        cells = []
+        for column in columns:
+            if column in accuracies:
+                cells.append(f"<td class='acc' data-column='{html.escape(column)}'>"
+                             f"{_accuracy_html(row, column)}</td>")
+            elif column == "defense":
+                cells.append(f"<td class='name'>{html.escape(names.get(run_id, run_id))}</td>")
+            elif column == "flags":
+                cells.append(f"<td class='flags' title='{html.escape(str(row[column]))}'>"
+                             f"{html.escape(_short(str(row[column])))}</td>")
+            elif column == "run_id" and run_id in links:
+                cells.append(f"<td><a class='mlflow-run' href='{html.escape(links[run_id])}'>"
+                             f"{html.escape(run_id[:8])}</a></td>")
+            else:
+                cells.append(f"<td class='{html.escape(column)}'>"
+                             f"{html.escape(_cell(row[column], column))}</td>")
+        flagged = " class='flagged'" if bool(row.get("flagged", False)) else ""
+        body.append(f"<tr data-run-id='{html.escape(run_id)}'{flagged}>{''.join(cells)}</tr>")
+    caption = (f"<caption>Accuracy in % with its 95 % interval. All rows: "
+               f"{html.escape(', '.join(shared))}.</caption>" if shared else
+               "<caption>Accuracy in % with its 95 % interval.</caption>")
+    return (f"<table class='leaderboard'>{caption}<thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>")
 
 
 def paper_epsilon(epsilon: float) -> str:

@@ -104,13 +104,33 @@ def margin_histograms(margins: Mapping[str, Mapping[str, Sequence[float]]], kind
     return _save(figure, path)
 
 
-def cost(frame: pd.DataFrame, path: Path) -> Path | None:
-    """Device-hours per row (training + evaluation)."""
+def binned_histograms(histograms: Mapping[str, Mapping[str, Sequence[float]]], path: Path, *,
+                      xlabel: str, ylabel: str, title: str) -> Path | None:
+    """Histograms already binned (``counts`` and ``edges``, one more edge than counts), one
+    outline per name: SMD's per-example margins, as its training run publishes them."""
+    drawn = {name: h for name, h in histograms.items()
+             if h.get("counts") and len(h.get("edges", ())) == len(h["counts"]) + 1}
+    if not drawn:
+        return None
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    for name, histogram in drawn.items():
+        axes.stairs(histogram["counts"], histogram["edges"], lw=1.5, label=name)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def cost(frame: pd.DataFrame, path: Path, names: Mapping[str, str] | None = None
+         ) -> Path | None:
+    """Device-hours per row (training + evaluation), rows labelled by ``names`` (by run id)."""
     if frame.empty:
         return None
-    figure, axes = plt.subplots(figsize=(6.4, 0.5 + 0.35 * len(frame)))
-    labels = [f"{d} {str(r)[:8]}" for d, r in zip(frame["defense"], frame["run_id"],
-                                                    strict=True)]
+    names = names or {}
+    figure, axes = plt.subplots(figsize=(6.4, 1.4 + 0.35 * len(frame)))
+    labels = [names.get(str(r), f"{d} {str(r)[:8]}")
+              for d, r in zip(frame["defense"], frame["run_id"], strict=True)]
     train = frame["train_seconds"].fillna(0.0) / 3600
     evaluation = frame["evaluation_seconds"].fillna(0.0) / 3600
     axes.barh(labels, train, label="training")

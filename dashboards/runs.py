@@ -38,12 +38,35 @@ EXPERIMENT_KIND = "mlflow.experimentKind"
 MAX_PARAM_LENGTH = 6000
 
 
-def default_tracking_uri(root: str | os.PathLike = ".") -> str:
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable
+TRACKING_SERVERS = ("http://", "https://", "databricks")  # URIs of a server with its own store
+
+
+def embedded_tracking_uri(root: str | os.PathLike = ".") -> str:
+    """The embedded store: ``mlflow.db`` (sqlite) under ``root``."""
     return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def default_tracking_uri(root: str | os.PathLike = ".") -> str:
+    """The tracking URI when no flag names one: ``$MLFLOW_TRACKING_URI``, as MLflow documents
+    it, else the embedded store under ``root``. (``$MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD``
+    and MLflow's other variables are read by MLflow itself, in every process.)"""
+    return os.environ.get(TRACKING_URI_ENV) or embedded_tracking_uri(root)
+
+
+def resolve_tracking_uri(flag: str | None, root: str | os.PathLike = ".") -> str:
+    """``--tracking-uri`` when given, else :func:`default_tracking_uri`."""
+    return flag or default_tracking_uri(root)
 
 
 def default_artifact_location(root: str | os.PathLike = ".") -> str:
     return (Path(root).resolve() / "mlartifacts").as_uri()
+
+
+def artifact_location_for(tracking_uri: str, root: str | os.PathLike = ".") -> str | None:
+    """Where new experiments keep artifacts: a tracking server's own store (None), else
+    ``mlartifacts`` under ``root`` (a file store would otherwise use ``./mlruns``)."""
+    return None if tracking_uri.startswith(TRACKING_SERVERS) else default_artifact_location(root)
 
 
 def now_ms() -> int:

@@ -39,7 +39,7 @@ class SweepCommand:
     resume: bool = False  # continue an interrupted sweep
     epochs: int | None = None  # epochs per trial (ASHA's max_t)
     set: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()  # KEY=VALUE for all trials
-    address: str | None = None  # Ray cluster (default: $RAY_ADDRESS, a job's, or a new one)
+    address: str | None = None  # Ray cluster (default: $RAY_ADDRESS, else a new local one)
 
 
 def smoke_spec(spec: SweepSpec, smoke_base: dict[str, Any] | None = None) -> SweepSpec:
@@ -100,28 +100,30 @@ def summarize(results, wall_seconds: float | None = None) -> dict[str, Any]:
 
 def main(spec: SweepSpec, description: str, argv: list[str] | None = None,
          smoke_base: dict[str, Any] | None = None, prog: str | None = None) -> int:
+    """Parse, check (the base config and every corner of the search space: bad input exits
+    with status 2 and one line, before Ray starts), then run the sweep."""
+    from trainables.config import ConfigError
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = parse_command(spec, argv, smoke_base, description, prog)
+    try:
+        command = parse_command(spec, argv, smoke_base, description, prog)
+        command.spec.check()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     from sweeps.cluster import connect
     from sweeps.runner import run_sweep
-    from trainables.config import ConfigError
 
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
     logging.getLogger("sweeps").addHandler(handler)
     logging.getLogger("sweeps").setLevel(logging.INFO)
     spec = command.spec
-    try:
-        spec.check()
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     resolved = spec.resolved()
     print(f"sweep {resolved.name}: {resolved.num_samples} trials of {resolved.config.defense} on "
           f"{resolved.config.model}/{resolved.config.dataset}; results in "
           f"{resolved.storage_path}, tracking {resolved.tracking_uri}", file=sys.stderr)
-    if command.address:
-        connect(command.address)
+    connect(command.address)  # the flag, else $RAY_ADDRESS, else a new local cluster
     start = time.perf_counter()
     results = run_sweep(spec, resume=command.resume)
     print(json.dumps(summarize(results, time.perf_counter() - start)))

@@ -1,11 +1,12 @@
 """The whole service in one command, on this machine: sweeps → evaluation pool → leaderboard.
 
 1. starts a local Ray cluster (2 CPUs);
-2. runs a smoke sweep per defense on real MNIST (a small MLP, 4 trials of 4 epochs, Optuna TPE
-   and ASHA): PGD-AT and TRADES as baselines, EMR as the method under test;
-3. runs the evaluation pool on each sweep's best finished checkpoints: AutoAttack (standard) on
+2. runs a sweep per defense on real MNIST (a 2 × 256 MLP on 20,000 training images, 4 trials
+   of 4 epochs, Optuna TPE and ASHA): PGD-AT and TRADES as baselines, EMR as the method under
+   test — sized so every defense reaches MNIST-like clean accuracy (≥ 90 %) in seconds;
+3. runs the evaluation pool on each sweep's best finished checkpoint: AutoAttack (standard) on
    the first ``--n-examples`` test points, PGD-100 (CE and CW), Square and a light SPSA, the
-   AutoAttack accuracy at two more radii, and the effective / average margins;
+   AutoAttack accuracy at two larger radii (0.2, 0.3), and the effective / average margins;
 4. writes the leaderboard to the embedded sqlite MLflow store and renders the HTML report;
 5. prints where the report is and the command that opens the MLflow UI, and stops the cluster.
 
@@ -28,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MARKER = ".robust-sweeps-demo"
 DEFENSES = ("pgd_at", "trades", "emr")
 POOL_ATTACKS = ("aa-standard", "pgd-100-ce", "pgd-100-cw", "square:queries=1000", "spsa-light")
+# Over the smoke settings: a model and data size at which the MNIST numbers look like MNIST.
+DEMO_BASE = {"model_params": {"hidden": 256, "layers": 2}, "train_subset": 20000}
 
 
 def say(message: str) -> None:
@@ -45,6 +48,19 @@ def fresh_home(path: Path) -> Path:
     return path
 
 
+def quiet_libraries() -> None:
+    """Only warnings from MLflow's and Optuna's loggers, no experimental-API notices: the
+    demo's own lines are the story."""
+    import logging
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
 def run_sweeps(defenses, samples: int, epochs: int) -> list[dict]:
     from sweeps.cli import SMOKE_BASE, summarize
     from sweeps.runner import run_sweep
@@ -53,10 +69,9 @@ def run_sweeps(defenses, samples: int, epochs: int) -> list[dict]:
 
     summaries = []
     for defense in defenses:
-        spec = SweepSpec(name=f"demo-{defense}", base=merge(SMOKE_BASE, {
+        spec = SweepSpec(name=f"demo-{defense}", base=merge(merge(SMOKE_BASE, DEMO_BASE), {
             "defense": defense, "epochs": epochs}), num_samples=samples, max_concurrent=2,
             cpus_per_trial=1.0, grace_period=1, reduction_factor=2)
-        say(f"sweep {spec.name}: {samples} trials of {epochs} epochs (Optuna TPE + ASHA)")
         started = time.perf_counter()
         summary = summarize(run_sweep(spec), time.perf_counter() - started)
         best = max((r["val_robust_accuracy"] or 0.0 for r in summary["results"]), default=0.0)
@@ -73,7 +88,7 @@ def run_pool(sweeps: list[str], top_k: int, n_examples: int) -> None:
         say(f"evaluation pool on the {top_k} best checkpoints of {sweep}")
         pool_main(["--sweep", sweep, "--top-k", str(top_k), "--attacks", *POOL_ATTACKS,
                    "--n-examples", str(n_examples), "--shard-size", str(max(1, n_examples // 2)),
-                   "--evaluators", "2", "--epsilon-curve", "0.05", "0.15", "--margins",
+                   "--evaluators", "2", "--epsilon-curve", "0.2", "0.3", "--margins",
                    "--settle-seconds", "0.2"])
 
 
@@ -85,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--defenses", nargs="+", default=list(DEFENSES))
     parser.add_argument("--samples", type=int, default=4, help="trials per sweep")
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--top-k", type=int, default=2, help="checkpoints evaluated per sweep")
+    parser.add_argument("--top-k", type=int, default=1, help="checkpoints evaluated per sweep")
     parser.add_argument("--n-examples", type=int, default=300, help="test points evaluated")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -97,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     from dashboards.report import render
     from dashboards.runs import default_tracking_uri
 
+    quiet_libraries()
     say(f"starting a local Ray cluster (2 CPUs); everything goes to {home}")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)

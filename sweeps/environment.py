@@ -1,5 +1,11 @@
-"""Where the service runs: its home folder and the code version (no Ray: reading results
-uses it too; the Ray connection is ``sweeps.cluster``)."""
+"""Where the service runs: its home folder, the stores' defaults and the code version (no Ray:
+reading results uses it too; the Ray connection is ``sweeps.cluster``).
+
+A store left unnamed by its flag comes from its ecosystem's own variable, else from the home:
+the Optuna storage from ``$OPTUNA_STORAGE``, the MLflow tracking URI from
+``$MLFLOW_TRACKING_URI`` (``dashboards.runs.default_tracking_uri``), the Ray cluster from
+``$RAY_ADDRESS`` (``sweeps.cluster``).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from pathlib import Path
 
 HOME_ENV = "ROBUST_SWEEPS_HOME"
 CODE_VERSION_ENV = "ROBUST_SWEEPS_CODE_VERSION"
+OPTUNA_STORAGE_ENV = "OPTUNA_STORAGE"  # the variable Optuna's own command line reads
 
 
 def home() -> Path:
@@ -18,6 +25,17 @@ def home() -> Path:
     path = Path(os.environ.get(HOME_ENV, Path.home() / "robust-sweeps")).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def embedded_optuna_storage(root: str | os.PathLike) -> str:
+    """The embedded study storage: ``optuna.db`` (sqlite) under ``root``."""
+    return f"sqlite:///{Path(root).resolve() / 'optuna.db'}"
+
+
+def default_optuna_storage(root: str | os.PathLike) -> str:
+    """The study storage when no flag names one: ``$OPTUNA_STORAGE`` (as Optuna's command line
+    reads it), else the embedded one under ``root``."""
+    return os.environ.get(OPTUNA_STORAGE_ENV) or embedded_optuna_storage(root)
 
 
 def code_version() -> str:

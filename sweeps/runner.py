@@ -13,6 +13,7 @@ import functools
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -24,7 +25,8 @@ from dashboards.runs import (
     flatten,
     search_all,
 )
-from sweeps.environment import code_version, create_sqlite_store
+from sweeps.environment import code_version, create_sqlite_store, home
+from sweeps.progress import TrialEvents, tune_output_to
 from sweeps.resume import ResumableASHA, ResumableFIFO, ResumableOptunaSearch, has_snapshot
 from sweeps.samplers import create_sampler
 from sweeps.spec import SweepSpec
@@ -130,9 +132,15 @@ def build_tuner(spec: SweepSpec, *, resume: bool = False) -> tune.Tuner:
             name=spec.name, storage_path=spec.storage_path,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            verbose=1,
+            verbose=0,  # one line per trial event instead (sweeps.progress)
+            callbacks=[TrialEvents(spec.name, events_log(spec), spec.config.epochs)],
         ),
     )
+
+
+def events_log(spec: SweepSpec) -> Path:
+    """Where a sweep's trial events and results are logged, one JSON line each."""
+    return home() / "logs" / f"{spec.name}.log"
 
 
 def failure_reason(error: BaseException) -> str:
@@ -219,7 +227,10 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False,
               tracking_patience_s: float = 600.0) -> tune.ResultGrid:
     """Run (or resume) the sweep, then reconcile MLflow with the results, waiting up to
     ``tracking_patience_s`` for a tracking server that is down."""
-    results = build_tuner(spec, resume=resume).fit()
+    print(f"sweep {spec.name}: {spec.num_samples} trials of {spec.config.epochs} epochs; every "
+          f"result in {events_log(spec)}", file=sys.stderr)
+    with tune_output_to(events_log(spec)):
+        results = build_tuner(spec, resume=resume).fit()
     print(f"sweep {spec.name}: {len(results)} trials ended; reconciling MLflow", file=sys.stderr)
     deadline = time.monotonic() + tracking_patience_s
     while True:

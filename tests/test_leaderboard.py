@@ -39,17 +39,18 @@ def board(tmp_path_factory):
 def test_rows_ranked_by_autoattack_with_flagged_rows_set_apart(board):
     uri, _ = board
     frame = load(uri)
-    assert list(frame["defense"]) == ["emr", "pgd_at", "trades", "broken"]
-    assert list(frame["rank"][:3]) == [1, 2, 3] and frame["rank"].isna().iloc[3]
+    assert list(frame["defense"]) == ["emr", "pgd_at", "trades", "emr", "smd", "pgd_at", "amr",
+                                      "broken"]
+    assert list(frame["rank"][:7]) == [1, 2, 3, 4, 5, 6, 7] and frame["rank"].isna().iloc[-1]
     row = frame.iloc[0]
     assert row["autoattack"] == pytest.approx(34 / N) and row["clean"] == pytest.approx(45 / N)
     assert row["autoattack_ci_low"] < row["autoattack"] < row["autoattack_ci_high"]
     assert row["knob.lambda_emr"] == "0.5" and row["n"] == N
     assert row["device_hours"] == pytest.approx((3600 + 31) / 3600)
-    assert frame.iloc[3]["flagged"] and "gradient masking" in frame.iloc[3]["flags"]
+    assert frame.iloc[-1]["flagged"] and "gradient masking" in frame.iloc[-1]["flags"]
     assert list(load(uri, sweep="s1")["defense"]) == ["emr", "pgd_at"]
     assert list(load(uri, defense="trades")["defense"]) == ["trades"]
-    assert len(load(uri, threat_model="linf ε=0.1")) == 4
+    assert len(load(uri, threat_model="linf ε=0.1")) == len(ROWS)
     assert load(uri, dataset="cifar10").empty
 
 
@@ -66,12 +67,13 @@ def test_exports(board, tmp_path):
     assert markdown[0].startswith("| rank | defense") and len(markdown) == 2 + len(ROWS)
     assert "| 1 | emr |" in markdown[2] and "68.00" in markdown[2]
     assert "<table" in to_html(frame) and "broken" in to_html(frame)
+    assert "68.0 <span class='ci'>[54.2, 79.2]</span>" in to_html(frame)  # EMR: 34/50
     frame.to_csv(tmp_path / "board.csv", index=False)
     assert len(pd.read_csv(tmp_path / "board.csv")) == len(ROWS)
     entry = robustbench_entry(frame.iloc[0], name="EMR (MLP)", venue="demo")
     assert entry["clean_acc"] == "90.00" and entry["autoattack_acc"] == "68.00"
     assert entry["eps"] == "0.1" and entry["dataset"] == "mnist" and not entry["unreliable"]
-    assert robustbench_entry(frame.iloc[3])["unreliable"]
+    assert robustbench_entry(frame.iloc[-1])["unreliable"]
     json.dumps(entry)
 
 
@@ -87,11 +89,11 @@ def test_report_page_and_every_figure(board, tmp_path):
     page = index.read_text()
     images = [part.split("'")[0] for part in page.split("<img src='")[1:]]
     assert {"pareto.png", "epsilon_curve.png", "effective_margin.png", "average_margin.png",
-            "cost.png"} <= set(images)
+            "smd_margins.png", "cost.png"} <= set(images)
     for name in images:
         width, height = _png_size(index.parent / name)
         assert width > 100 and height > 50
-    assert "exact McNemar p =" in page and "emr" in page
+    assert "exact McNemar p =" in page and "EMR λ=0.5" in page
     assert (index.parent / "leaderboard.md").read_text().startswith("| rank")
 
 
@@ -99,7 +101,7 @@ def test_rows_and_sweeps_compared_on_paired_flags(board):
     from dashboards.leaderboard import compare_rows, compare_sweeps
 
     uri, _ = board
-    frame = load(uri).set_index("defense")
+    frame = load(uri).drop_duplicates("defense").set_index("defense")  # each defense's best
     # tests.boards: robust flags are prefixes, so EMR (34/50) ⊇ PGD-AT (30/50): 4 discordant
     result = compare_rows(uri, frame.loc["emr", "run_id"], frame.loc["pgd_at", "run_id"],
                           attack="autoattack")

@@ -9,6 +9,7 @@ resolved (the dataset's threat model, the defense's knobs), so a run is reproduc
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,8 @@ if TYPE_CHECKING:  # torch loads when a config is checked, not when its fields a
     from trainables.defenses import AttackSettings
 
 SCHEDULES = ("piecewise", "cosine", "constant")
+# The longest attack step, as a multiple of the radius (see the threat-model fields' comment).
+MAX_STEP_RATIO = 2.5
 DEVICES = ("auto", "cpu", "cuda")
 NORMS = ("linf", "l2")
 
@@ -35,28 +38,34 @@ class TrialConfig:
     model_params: dict[str, Any] = field(default_factory=dict)  # the model's own arguments
     defense: str = "pgd_at"  # a registered defense
     defense_params: dict[str, Any] = field(default_factory=dict)  # the defense's knobs
-    epsilon: float | None = None  # training attack radius (None: the dataset's)
+    # The threat model. Images lie in [0, 1]^d, so an L∞ radius above 1, or an L2 radius above
+    # √d (the cube's diameter, d = channels·height·width), already holds every image. A step may
+    # reach 2.5·ε: Fast AT steps 1.25·ε, a one-step PGD at the 2.5·ε/steps rule steps 2.5·ε,
+    # and a longer step crosses the whole ball (2ε wide), so projection alone decides the point.
+    epsilon: float | None = None  # attack radius, linf (0, 1], l2 (0, √d] (None: the dataset's)
     norm: str = "linf"  # threat model: linf or l2
-    attack_steps: int = 10  # training attack steps
-    attack_step_size: float | None = None  # training attack step (None: the dataset's)
+    attack_steps: int = 10  # training attack steps (>= 0)
+    attack_step_size: float | None = None  # in (0, 2.5·epsilon] (None: the dataset's)
     attack_random_start: str | None = None  # uniform, gaussian or none (None: the defense's)
-    epochs: int = 1
-    batch_size: int = 128
-    lr: float = 0.1  # initial learning rate (SGD)
-    momentum: float = 0.9
+    epochs: int = 1  # >= 1
+    batch_size: int = 128  # >= 1
+    lr: float = 0.1  # initial learning rate (SGD), > 0
+    momentum: float = 0.9  # in [0, 1)
     nesterov: bool = False
-    weight_decay: float = 5e-4
+    weight_decay: float = 5e-4  # >= 0
     schedule: str = "piecewise"  # learning-rate schedule: piecewise, cosine or constant
     lr_milestones: list[int] = field(default_factory=list)  # epochs where lr is multiplied
-    lr_gamma: float = 0.1  # the factor at each milestone
-    train_subset: int | None = None  # first n training images only
-    val_size: int | None = None  # images held out of the training set for validation
-    val_subset: int | None = None  # first n validation images only
-    test_subset: int | None = None  # first n test images only
+    lr_gamma: float = 0.1  # the factor at each milestone, in (0, 1]
+    # Split sizes are checked against the dataset's own (its registered train and test sizes,
+    # known without loading it): a subset larger than its split is refused, not silently cut.
+    train_subset: int | None = None  # first n training images, in [1, train size - val_size]
+    val_size: int | None = None  # training images held out for validation, in [0, train size)
+    val_subset: int | None = None  # first n validation images only, in [1, val_size]
+    test_subset: int | None = None  # first n test images only, in [1, test size]
     split_seed: int = 0  # seed of the train / validation split
     data_root: str | None = None  # dataset directory (default: the data cache)
     eval_steps: int = 20  # PGD-k on the validation and test splits
-    eval_step_size: float | None = None  # None: attack_step_size
+    eval_step_size: float | None = None  # in (0, 2.5·epsilon] (None: attack_step_size)
     eval_every: int = 1  # validate every n epochs
     margin_every: int = 0  # effective margin (EMR Eq. 3) on validation every n epochs; 0: never
     margin_subset: int = 500  # validation images the margin is measured on
@@ -86,7 +95,13 @@ class TrialConfig:
             values = yaml.safe_load(Path(path).read_text()) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path} is not valid YAML: {error}") from error
-        return cls.from_dict(apply_overrides(values, overrides or []))
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: a trial config is a mapping of fields, got "
+                              f"{type(values).__name__}")
+        try:
+            return cls.from_dict(apply_overrides(values, overrides or []))
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -100,8 +115,12 @@ class TrialConfig:
         from trainables.defenses import list_defenses
 
         _choice("dataset", self.dataset, data.list_datasets())
-        if self.model not in models.list_models() and not self.model.startswith("wrn-"):
-            _choice("model", self.model, models.list_models())
+        try:
+            models.check_model(self.model, self.model_params)
+        except ValueError as error:
+            message = str(error)
+            raise ConfigError(message if message.startswith("model") else
+                              f"model {self.model!r}: {message}") from None
         _choice("defense", self.defense, list_defenses())
         _choice("norm", self.norm, NORMS)
         _choice("schedule", self.schedule, SCHEDULES)
@@ -113,12 +132,8 @@ class TrialConfig:
         for name in ("train_subset", "val_subset", "test_subset", "num_threads", "margin_subset"):
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 1)
-        if self.val_size is not None:
-            _at_least("val_size", self.val_size, 0)
-        for name in ("epsilon", "attack_step_size", "eval_step_size", "lr"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(f"{name} must be > 0, got {value}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must lie in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
@@ -131,10 +146,54 @@ class TrialConfig:
                               f"got {self.lr_milestones}")
         if self.attack_random_start not in (None, "uniform", "gaussian", "none"):
             raise ConfigError("attack_random_start must be one of uniform, gaussian, none")
+        self._validate_threat_model()
+        self._validate_splits()
         try:
             self.build_defense()
         except ValueError as error:
             raise ConfigError(f"defense_params: {error}") from error
+
+    def _validate_threat_model(self) -> None:
+        """ε inside the image cube's own extent; steps in (0, MAX_STEP_RATIO·ε]."""
+        info = self.dataset_info
+        if self.epsilon is not None:
+            dims = info.channels * info.image_size ** 2
+            high, why = ((1.0, "images lie in [0, 1]") if self.norm == "linf" else
+                         (math.sqrt(dims), f"√d = √{dims}, the L2 diameter of {self.dataset}'s "
+                                           f"[0, 1]^d"))
+            if not 0 < self.epsilon <= high:
+                raise ConfigError(f"epsilon must lie in (0, {high:g}] for norm={self.norm} "
+                                  f"({why}), got {self.epsilon:g}")
+        epsilon = self.resolved_epsilon
+        bound = MAX_STEP_RATIO * epsilon
+        for name, value, default in (
+                ("attack_step_size", self.resolved_step_size,
+                 "the dataset's default" if self.attack_step_size is None else None),
+                ("eval_step_size", self.resolved_eval_step_size,
+                 "attack_step_size" if self.eval_step_size is None else None)):
+            if not 0 < value <= bound:
+                given = f"{value:g}" if default is None else f"{value:g} ({default}); set it"
+                raise ConfigError(f"{name} must lie in (0, {MAX_STEP_RATIO:g}·epsilon] = "
+                                  f"(0, {bound:g}] for epsilon={epsilon:g} (a longer step "
+                                  f"crosses the whole ε-ball), got {given}")
+
+    def _validate_splits(self) -> None:
+        """Split sizes within the dataset's own, known without loading it."""
+        info = self.dataset_info
+        if self.val_size is not None and not 0 <= self.val_size < info.train_size:
+            raise ConfigError(f"val_size must lie in [0, {info.train_size - 1}] for "
+                              f"{self.dataset} ({info.train_size} training images, one at "
+                              f"least kept for training), got {self.val_size}")
+        val = info.default_val_size if self.val_size is None else self.val_size
+        limits = {"train_subset": (info.train_size - val, f"training images remain after "
+                                                          f"val_size={val}"),
+                  "val_subset": (val, f"validation images with val_size={val}"),
+                  "test_subset": (info.test_size, "test images")}
+        for name, (limit, what) in limits.items():
+            value = getattr(self, name)
+            if value is not None and value > limit:
+                raise ConfigError(f"{name} must lie in [1, {limit}] for {self.dataset} "
+                                  f"({limit} {what}), got {value}")
 
     # ---------------------------------------------------------------- resolved values
     @property
@@ -209,9 +268,11 @@ def _coerce(name: str, annotation: str, value: Any) -> Any:
                 return float(value)
             if kind is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
                 try:
-                    return float(value)
+                    value = float(value)
                 except ValueError:
                     pass
+            if kind is float and isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value}")
             if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
                 return value
         elif option.startswith("list") and isinstance(value, list | tuple):

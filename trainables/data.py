@@ -61,6 +61,8 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     default_val_size: int
+    train_size: int  # images in the official training split (known without loading it)
+    test_size: int  # images in the official test split
     augment: bool  # random crop + flip by default on the training split
     provision: Callable[[Path], RawData]
     epsilon: float  # default L∞ budget (0.1 MNIST, EMR Table 1; 8/255 colour images)
@@ -182,7 +184,7 @@ def _provision_fake32(root: Path) -> RawData:
 
 
 _MNIST_STATS = dict(channels=1, image_size=28, num_classes=10, augment=False, epsilon=0.1,
-                    step_size=0.01)
+                    step_size=0.01, train_size=60_000, test_size=10_000)
 _CIFAR_STATS = dict(channels=3, image_size=32, augment=True, epsilon=8 / 255, step_size=2 / 255)
 register_dataset(DatasetInfo("mnist", mean=(0.1307,), std=(0.3081,), default_val_size=5000,
                              provision=_provision_mnist, **_MNIST_STATS))
@@ -191,16 +193,20 @@ register_dataset(DatasetInfo("fashion_mnist", mean=(0.2860,), std=(0.3530,),
                              **_MNIST_STATS))
 register_dataset(DatasetInfo("cifar10", num_classes=10, mean=(0.4914, 0.4822, 0.4465),
                              std=(0.2471, 0.2435, 0.2616), default_val_size=2000,
+                             train_size=50_000, test_size=10_000,
                              provision=_provision_cifar("CIFAR10"), **_CIFAR_STATS))
 register_dataset(DatasetInfo("cifar100", num_classes=100, mean=(0.5071, 0.4865, 0.4409),
                              std=(0.2673, 0.2564, 0.2762), default_val_size=2000,
+                             train_size=50_000, test_size=10_000,
                              provision=_provision_cifar("CIFAR100"), **_CIFAR_STATS))
 register_dataset(DatasetInfo("svhn", num_classes=10, mean=(0.4377, 0.4438, 0.4728),
                              std=(0.1980, 0.2010, 0.1970), default_val_size=2000,
-                             provision=_provision_svhn, **{**_CIFAR_STATS, "augment": False}))
+                             train_size=73_257, test_size=26_032, provision=_provision_svhn,
+                             **{**_CIFAR_STATS, "augment": False}))
 register_dataset(DatasetInfo("fake32", num_classes=10, mean=(0.5, 0.5, 0.5),
                              std=(0.29, 0.29, 0.29), default_val_size=200,
-                             provision=_provision_fake32, **_CIFAR_STATS))
+                             train_size=2000, test_size=500, provision=_provision_fake32,
+                             **_CIFAR_STATS))
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,12 +1,14 @@
 """Model registry: every model normalises its own input and splits into ``features`` and ``head``.
 
-``create_model(name, ...)`` builds a registered model and fails listing the known names.
+``create_model(name, ...)`` builds a registered model and fails listing the known names;
+``check_model(name, params)`` answers whether it would, without building anything.
 Every model is a :class:`Classifier`: ``forward(x) == head(features(x))`` with ``head`` the final
 ``nn.Linear`` (Hypersphere Embedding swaps it; AMR reads the penultimate features).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -71,6 +73,35 @@ def _parse_wrn(name: str) -> tuple[int, int]:
         return int(depth), int(width)
     except ValueError:
         raise ValueError(f"wide ResNet names read wrn-DEPTH-WIDTH, got {name!r}") from None
+
+
+def check_model(name: str, params: dict | None = None) -> None:
+    """Fail (``ValueError``) unless :func:`create_model` can build ``name`` with ``params``,
+    without building it: a registered name or ``wrn-DEPTH-WIDTH``, arguments the builder takes,
+    and whatever the builder declares as its ``check_arguments`` (wide ResNets: depth 6n + 4)."""
+    params, asked = dict(params or {}), name
+    if name.startswith("wrn-") and name not in MODELS:
+        depth, width = _parse_wrn(name)
+        params = {"depth": depth, "width": width, **params}
+        name = "wrn"
+    if name not in MODELS:
+        raise ValueError(f"model must be one of {list_models()} or wrn-DEPTH-WIDTH, "
+                         f"got {name!r}")
+    builder = MODELS.get(name)
+    if isinstance(builder, partial):  # a registered size of a family (wrn-34-10)
+        params, builder = {**builder.keywords, **params}, builder.func
+    signature = inspect.signature(builder)
+    accepted = [p for p in signature.parameters if p not in ("in_channels", "image_size")]
+    try:
+        bound = signature.bind_partial(**params)
+    except TypeError:
+        unknown = sorted(set(params) - set(accepted))
+        raise ValueError(f"model_params {unknown} are not arguments of model {asked!r}; "
+                         f"accepted: {accepted or 'none'}") from None
+    bound.apply_defaults()
+    check = getattr(builder, "check_arguments", None)
+    if check is not None:
+        check(**{k: v for k, v in bound.arguments.items() if k in accepted})
 
 
 # --------------------------------------------------------------------------- small models
@@ -267,3 +298,14 @@ def wide_resnet(*, in_channels: int, image_size: int, depth: int = 34, width: in
 
 for _depth, _width in ((28, 4), (34, 10), (34, 20)):
     register_model(f"wrn-{_depth}-{_width}")(partial(wide_resnet, depth=_depth, width=_width))
+
+
+def _check_wide_resnet(*, depth: int, width: int, **_) -> None:
+    if not (isinstance(depth, int) and depth >= 10 and (depth - 4) % 6 == 0):
+        raise ValueError(f"wide ResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, "
+                         f"...), got {depth!r}")
+    if not (isinstance(width, int) and width >= 1):
+        raise ValueError(f"wide ResNet width must be an integer >= 1, got {width!r}")
+
+
+wide_resnet.check_arguments = _check_wide_resnet

@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> TrainCommand:
              "checkpoint's config; flags still change fields)")
     try:
         if known.resume:
-            base = TrialConfig(**json.loads((known.resume / "config.json").read_text()))
+            base = TrialConfig.from_dict(json.loads((known.resume / "config.json").read_text()))
         elif known.config:
             base = TrialConfig.from_yaml(known.config)
         else:

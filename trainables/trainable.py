@@ -5,8 +5,9 @@ space chose for this trial) and ``sweep`` (tracking settings). Every epoch the t
 training and validation metrics and a checkpoint directory holding the latest state (to resume
 exactly), the best state by validation robust accuracy, and the metric history. A restarted
 trial resumes from ``tune.get_checkpoint()``; on completion it publishes its best checkpoint to
-its MLflow run, tagged as awaiting evaluation. This is the only module of ``trainables`` that
-imports Ray.
+its MLflow run, tagged as awaiting evaluation (with the per-example margins of a defense that
+keeps them as state, SMD's, beside it: ``trainables.engine.write_state_margins``). This is the
+only module of ``trainables`` that imports Ray.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dashboards.runs import TrialTracker, now_ms
 from sweeps.retry import patiently
 from trainables.checkpoints import resume, save_checkpoint
 from trainables.config import TrialConfig, merge
-from trainables.engine import TrainingRun
+from trainables.engine import TrainingRun, write_state_margins
 
 OBJECTIVE = "val_robust_accuracy"
 TRIAL_NUMBER = "trial_number"  # set by the searcher: the trial's number in the Optuna study
@@ -123,6 +124,7 @@ def train_trial(config: dict[str, Any]) -> None:
         if best is None or metrics[OBJECTIVE] > best[OBJECTIVE]:
             record["best"] = metrics
             save_checkpoint(workdir / BEST, model=run.model, config=run.config, metrics=metrics)
+            write_state_margins(run.defense_state, workdir / BEST)  # SMD's, published with it
         write_record(workdir, record)
         if tracker is not None and run.finished:
             # before the last report: a scheduler may end the trial as soon as it has it

@@ -1,5 +1,7 @@
 """A real smoke sweep: Ray Tune + Optuna (sqlite) + ASHA + MLflow (sqlite) on real MNIST."""
 
+import json
+
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
@@ -20,7 +22,7 @@ def sweep_home(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_smoke_sweep_end_to_end(ray_cluster, sweep_home):
+def test_smoke_sweep_end_to_end(ray_cluster, sweep_home, capfd):
     trials = 6  # with ASHA's halving, a trial that trails at the first rung stops there
     # epochs long enough (~1 s) for the scheduler's decision to arrive before the next report
     spec = SweepSpec(name="smoke", base={**SMOKE_BASE, "defense": "trades"},
@@ -57,6 +59,18 @@ def test_smoke_sweep_end_to_end(ray_cluster, sweep_home):
     study = optuna.load_study(study_name="smoke", storage=resolved.optuna_storage)
     assert len(study.trials) == trials
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+    # one line per trial event on the terminal, Ray Tune's tables nowhere, every result logged
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("[smoke] trial")]
+    assert sum(" started: " in line for line in lines) == trials
+    assert sum(" finished 3 epochs: " in line for line in lines) == len(finished)
+    assert sum(" stopped early by the scheduler after " in line for line in lines) == len(stopped)
+    assert "Trial status" not in err and "Configuration for experiment" not in err
+    events = [json.loads(line) for line in (sweep_home / "logs" / "smoke.log").read_text()
+              .splitlines() if line.startswith("{")]
+    assert sum(e["event"] == "result" for e in events) == sum(
+        r["epochs"] for r in summary["results"])
 
     # the published best checkpoint loads from MLflow and scores as reported
     best = max(finished, key=lambda r: float(r.data.tags["best_val_robust_accuracy"]))
