@@ -49,6 +49,14 @@ class EvaluationFlags:
     def __post_init__(self) -> None:
         if self.n_examples <= 0:
             raise ValueError(f"--n-examples must be positive, got {self.n_examples}")
+        if self.eot not in ("auto", "always", "never"):
+            raise ValueError(f"--eot must be auto, always or never, got {self.eot!r}")
+        from attacks.pool_config import check_attack
+        from attacks.shards import refuse_repeats
+
+        for spec in self.attacks:  # a bad spec fails now, not after the first attacks ran
+            check_attack(spec)
+        refuse_repeats(self.attacks)
 
 
 def parse_args(argv: list[str] | None = None) -> EvaluationFlags:

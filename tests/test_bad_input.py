@@ -194,6 +194,12 @@ ROWS = [
     (command("pool", "--top-k", "2"), SystemExit, "--top-k needs --sweep"),
     (command("pool", "--epsilon", "-0.1"), SystemExit, "--epsilon must be > 0"),
     (command("pool", "--eot", "sometimes"), SystemExit, "--eot must be auto, always or never"),
+    (command("evaluate", "ckpt", "--attacks", "pgd:steps=-1"), SystemExit,
+     "attack 'pgd:steps=-1': steps must be an integer >= 1"),
+    (command("evaluate", "ckpt", "--attacks", "pgd-100-ce", "pgd:steps=100"), SystemExit,
+     "are the same attack (pgd100_ce)"),
+    (command("evaluate", "ckpt", "--attacks", "spsa:bpda=true"), SystemExit,
+     "bad settings for attack 'spsa': bpda"),
     # ---- corrupt files
     (file("study.yaml", "- a list\n- not a study\n", load_study), StudyError,
      "a study is a mapping of fields"),
