@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ def report(argv: list[str] | None = None) -> Path:
                      "the MLflow UI), the McNemar matrix of the best rows, Pareto front, ε "
                      "curves, sweep histories and margins as a static HTML report.")
     parser.add_argument("--optuna-storage", help="study storage for the sweep plots "
-                                                 "(default: $ROBUST_SWEEPS_HOME/optuna.db)")
+                        "(default: $OPTUNA_STORAGE, else $ROBUST_SWEEPS_HOME/optuna.db)")
     parser.add_argument("--out", type=Path, help="output folder (default: "
                                                  "$ROBUST_SWEEPS_HOME/report)")
     parser.add_argument("--mlflow-ui", default="http://127.0.0.1:5000",
@@ -56,9 +57,10 @@ def report(argv: list[str] | None = None) -> Path:
     _filters(parser)
     args = parser.parse_args(argv)
     from dashboards.report import render
+    from sweeps.environment import OPTUNA_STORAGE_ENV
 
     uri, root = _store(args)
-    storage = args.optuna_storage
+    storage = args.optuna_storage or os.environ.get(OPTUNA_STORAGE_ENV)
     if storage is None and (root / "optuna.db").exists():
         storage = f"sqlite:///{root / 'optuna.db'}"
     index = render(uri, args.out or root / "report", experiment=args.experiment,

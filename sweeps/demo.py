@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     from dashboards.leaderboard import load, to_markdown
     from dashboards.report import render
     from dashboards.runs import default_tracking_uri
+    from sweeps.environment import default_optuna_storage
 
     quiet_libraries()
     say(f"starting a local Ray cluster (2 CPUs); everything goes to {home}")
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
         say("stopped the Ray cluster")
     uri = default_tracking_uri(home)
-    index = render(uri, home / "report", optuna_storage=f"sqlite:///{home / 'optuna.db'}",
+    index = render(uri, home / "report", optuna_storage=default_optuna_storage(home),
                    title="Demo leaderboard: PGD-AT, TRADES and EMR on MNIST")
     board = to_markdown(load(uri))
     (home / "leaderboard.md").write_text(board)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from test_checks import Quantised  # rounds its input: zero gradient almost everywhere
 from torch import nn
 
 from attacks.indicators import (
@@ -21,17 +22,6 @@ from trainables.registry import UnknownNameError
 
 EPS = 0.1
 MLP = {"hidden": 256, "layers": 2}
-
-
-class Quantised(nn.Module):
-    """Rounds its input to ``levels`` grey levels: zero input gradient almost everywhere."""
-
-    def __init__(self, inner: nn.Module, levels: int = 20) -> None:
-        super().__init__()
-        self.inner, self.levels = inner, levels
-
-    def forward(self, x):
-        return self.inner(torch.round(x * self.levels) / self.levels)
 
 
 class OnGrid(nn.Module):

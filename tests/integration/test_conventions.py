@@ -109,7 +109,7 @@ def test_the_ray_address_is_the_flag_else_the_variable_else_a_local_cluster(home
     (["pool", "--help"], ["$MLFLOW_TRACKING_URI", "$RAY_ADDRESS"]),
     (["verify", "--help"], ["$MLFLOW_TRACKING_URI"]),
     (["leaderboard", "--help"], ["$MLFLOW_TRACKING_URI"]),
-    (["report", "--help"], ["$MLFLOW_TRACKING_URI"]),
+    (["report", "--help"], ["$MLFLOW_TRACKING_URI", "$OPTUNA_STORAGE"]),
     (["compare", "--help"], ["$MLFLOW_TRACKING_URI"]),
 ])
 def test_each_help_names_the_variable(argv, variables, monkeypatch, capsys):
@@ -150,3 +150,6 @@ def test_a_sweep_lands_its_runs_in_the_store_the_variable_names(ray_cluster, hom
     assert len(optuna.load_study(study_name="conventions", storage=studies).trials) == 1
     # nothing in the home's own stores
     assert not (home / "mlflow.db").exists() and not (home / "optuna.db").exists()
+    # the report finds the sweep's study through the same variable
+    assert console(["report", "--out", str(tmp_path / "report")]) == 0
+    assert list((tmp_path / "report").glob("sweep_conventions*.png"))
