@@ -61,6 +61,26 @@ def settings(*, epsilon: float, version: str = "standard", parts: list[str] | No
     return chosen
 
 
+# The parts each version runs, and what one part costs per point in model passes (a forward and
+# backward pass counts 3) as the versions configure it: APGD 100 iterations (5 restarts in
+# ``plus``, 20 EOT samples per gradient in ``rand``), APGD-T and FAB-T 100 iterations on each of
+# 9 target classes, FAB 100 iterations on every class's gradient (10 classes taken), Square one
+# forward pass per query. Only the order of a cascade of attacks rests on these estimates.
+VERSION_PARTS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+                 "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+                 "rand": ("apgd-ce", "apgd-dlr")}
+
+
+def cost(*, version: str = "standard", parts: list[str] | None = None,
+         square_queries: int = 5000, eot_samples: int | None = None, **_: Any) -> float:
+    """Estimated model passes per attacked point of AutoAttack with these :func:`settings`."""
+    restarts = 5 if version == "plus" else 1
+    eot = (eot_samples or RAND_EOT_SAMPLES) if version == "rand" else 1
+    per_part = {"apgd-ce": 300 * restarts * eot, "apgd-dlr": 300 * restarts * eot,
+                "apgd-t": 2700, "fab": 3000 * restarts, "fab-t": 2700, "square": square_queries}
+    return float(sum(per_part[part] for part in (parts or VERSION_PARTS[version])))
+
+
 def build(model: torch.nn.Module, *, epsilon: float, version: str, parts: list[str] | None,
           norm: str, seed: int, square_queries: int, device: torch.device,
           eot_samples: int | None = None) -> AutoAttack:

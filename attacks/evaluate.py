@@ -3,9 +3,16 @@
 ``evaluate_model`` works on any ``nn.Module`` and tensors; it always attacks in eval mode,
 draws randomness only from generators seeded by ``seed`` (the caller's RNG is left as it was),
 and returns a :class:`Report`: per attack the per-example robust flags, accuracy with a 95%
-Wilson interval and n, seconds spent; the per-example worst case over all attacks; and the
-flags of :mod:`attacks.checks`. The pieces (``clean_flags``, ``run_attack``, ``build_report``)
-are public so the evaluation pool can run them shard by shard and merge the results.
+Wilson interval and n, seconds spent; the per-example worst case over all attacks; the flags
+of :mod:`attacks.checks`; and the points' labels, from which the record's per-class clean and
+worst-case accuracies follow (:attr:`attacks.schema.EvaluationRecord.per_class`). The pieces
+(``clean_flags``, ``run_attack``, ``build_report``) are public so the evaluation pool can run
+them shard by shard and merge the results.
+
+Two modes: ``full`` runs every attack on every clean-correct point (every per-attack accuracy
+is the attack's own); ``cascade`` runs the attacks from cheapest to dearest and lets an attack
+whose verdict on a point depends on that point alone skip the points an earlier white-box attack
+broke, with the same worst case and integrity flags (:mod:`attacks.cascade`).
 
 CLI for checkpoints: ``python -m attacks.evaluate CHECKPOINT --attacks aa-standard pgd-100-ce
 --n-examples 1000 --json out.json`` (see ``attacks.evaluate_cli``).
@@ -41,6 +48,7 @@ from attacks.schema import (
     TrainingRecord,
     wilson_interval,
 )
+from attacks.streams import pad_rows
 from attacks.suite import Attack, create_attack
 
 Progress = Callable[[str], None]
@@ -57,7 +65,9 @@ class AttackResult:
     """One attack's outcome on the evaluated points (robust = still correctly classified).
 
     ``column``: the leaderboard column of the attack's canonical identity
-    (:mod:`attacks.identity`); empty until :meth:`to_record` derives it."""
+    (:mod:`attacks.identity`); empty until :meth:`to_record` derives it. ``attacked`` and
+    ``broken``: in a cascade, how many points the attack ran on and how many of them it broke
+    (None in the full evaluation, where it runs on every clean-correct point)."""
 
     label: str
     name: str
@@ -68,6 +78,8 @@ class AttackResult:
     flags: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     column: str = ""
+    attacked: int | None = None
+    broken: int | None = None
 
     def to_record(self, clean: torch.Tensor | None = None) -> AttackRecord:
         """As schema data; the accuracy is over the points also correct on ``clean``."""
@@ -77,13 +89,14 @@ class AttackResult:
             self.label, self.name, self.column or column_of(self.label, self.name, self.settings),
             self.white_box, self.settings, tuple(bool(v) for v in self.robust.tolist()),
             Accuracy.of(counted.tolist()), self.seconds, tuple(self.flags), self.details,
-            isinstance(eot_samples, int) and eot_samples > 1)
+            isinstance(eot_samples, int) and eot_samples > 1, self.attacked, self.broken)
 
     @classmethod
     def from_record(cls, record: AttackRecord) -> AttackResult:
         return cls(record.label, record.name, record.white_box, dict(record.settings),
                    torch.tensor(record.robust, dtype=torch.bool), record.seconds,
-                   list(record.flags), dict(record.details), record.column)
+                   list(record.flags), dict(record.details), record.column, record.attacked,
+                   record.broken)
 
     def to_dict(self) -> dict[str, Any]:
         return self.to_record().to_dict()
@@ -102,7 +115,8 @@ class Report:
     """A whole evaluation, per-example flags as tensors; :meth:`to_record` gives it as schema
     data (:class:`attacks.schema.EvaluationRecord`), :meth:`from_record` rebuilds it.
     ``eot_samples`` > 0: the forward pass is random and the attacks ran in their EOT forms over
-    that many passes; ``adversarial``: per broken example, the point that broke it."""
+    that many passes; ``adversarial``: per broken example, the point that broke it;
+    ``labels``: each point's true class (None when not known: no per-class accuracies)."""
 
     epsilon: float
     norm: str
@@ -117,6 +131,7 @@ class Report:
     eot_samples: int = 0
     mode: str = "full"
     adversarial: Broken | None = None
+    labels: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -154,7 +169,8 @@ class Report:
             margins={kind: tuple(values) for kind, values in self.margins.items()},
             indicators=tuple(dict(i) for i in self.indicators), eot=samples > 0,
             eot_samples=max(samples, 1), mode=self.mode, dataset=dataset, plan=plan,
-            source=source or Source(), training=training)
+            source=source or Source(), training=training,
+            labels=() if self.labels is None else tuple(int(v) for v in self.labels.tolist()))
 
     @classmethod
     def from_record(cls, record: EvaluationRecord) -> Report:
@@ -165,7 +181,9 @@ class Report:
                    CheckSettings(**record.check_settings),
                    {kind: list(values) for kind, values in record.margins.items()},
                    [dict(i) for i in record.indicators],
-                   record.eot_samples if record.eot else 0, record.mode)
+                   record.eot_samples if record.eot else 0, record.mode,
+                   labels=torch.tensor(record.labels, dtype=torch.long) if record.labels
+                   else None)
 
     def to_dict(self) -> dict[str, Any]:
         """The schema document (:meth:`to_record`, as JSON-ready data)."""
@@ -263,15 +281,20 @@ class Broken:
 def attack_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack, *,
                   label: str | None = None, clean: torch.Tensor | None = None,
                   batch_size: int = 256, epsilon: float | None = None,
-                  norm: str = "linf") -> tuple[AttackResult, Broken]:
+                  norm: str = "linf", targets: torch.Tensor | None = None
+                  ) -> tuple[AttackResult, Broken]:
     """Attack the clean-correct points in batches: per-example robust flags for all points, and
     the adversarial points that broke them. An attack whose points hold NaN or leave the threat
     model is refused (RuntimeError); NaN or infinite logits at an adversarial point count as
-    broken and raise a flag."""
+    broken and raise a flag. ``targets`` (a cascade's): attack only these clean-correct points,
+    the others count as not robust, and the result says how many points the attack ran on and
+    how many of them it broke. A pointwise attack (:class:`attacks.suite.Attack`) never sees a
+    batch under :data:`attacks.streams.MIN_ROWS` rows, so its verdict on a point is the same in
+    any batch."""
     started = time.perf_counter()
     clean = clean_flags(model, x, y, batch_size) if clean is None else clean
     robust = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    index = clean.nonzero().flatten()
+    index = (clean if targets is None else clean & targets).nonzero().flatten()
     flags: list[str] = []
     details: dict[str, Any] = {}
     epsilon = attack.settings.get("epsilon") if epsilon is None else epsilon
@@ -282,11 +305,16 @@ def attack_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
     broken_index, broken_points, non_finite = [], [], 0
     for start in range(0, len(index), max(chunk, 1)):
         part = index[start:start + chunk]
-        output = attack.run(model, x[part], y[part])
+        if attack.pointwise:
+            output = attack.run(model, pad_rows(x[part]), pad_rows(y[part]))
+            output.x_adv = output.x_adv[:len(part)]
+            predicted = predictions(model, pad_rows(output.x_adv), batch_size)[:len(part)]
+        else:
+            output = attack.run(model, x[part], y[part])
+            predicted = predictions(model, output.x_adv, batch_size)
         for kind, count in threat_model_violations(output.x_adv, x[part], epsilon,
                                                    norm).items():
             violations[kind] = violations.get(kind, 0) + count
-        predicted = predictions(model, output.x_adv, batch_size)
         non_finite += int((predicted == NOT_A_CLASS).sum())
         robust[part] = predicted == y[part]
         broken_index.append(part[predicted != y[part]])
@@ -305,6 +333,8 @@ def attack_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
         if broken_index else Broken.none(x)
     result = AttackResult(label or attack.name, attack.name, attack.white_box, attack.settings,
                           robust, time.perf_counter() - started, flags, details)
+    if targets is not None:
+        result.attacked, result.broken = len(index), len(broken.index)
     return result, broken
 
 
@@ -386,10 +416,14 @@ def build_report(clean: torch.Tensor, results: Sequence[AttackResult], *, epsilo
                  settings: CheckSettings = DEFAULT_CHECKS,
                  margins: dict[str, list[float]] | None = None,
                  indicators: Sequence[dict[str, Any]] = (), eot_samples: int = 0,
-                 adversarial: Broken | None = None) -> Report:
+                 adversarial: Broken | None = None,
+                 labels: torch.Tensor | None = None, mode: str = "full") -> Report:
     """The report of finished attacks: flags from the model probes, the attacks themselves,
     the results (:func:`attacks.checks.result_flags`) and every fired indicator of attack
-    failure (its sentence names the remedy)."""
+    failure (its sentence names the remedy); ``labels``, the points' true classes, give the
+    per-class accuracies; ``mode``: the evaluation mode the results come from."""
+    if labels is not None and len(labels) != len(clean):
+        raise ValueError(f"{len(labels)} labels for {len(clean)} points")
     attacks = {r.label: r for r in results}
     robust = {label: r.robust & clean for label, r in attacks.items()}
     curve = [(point["epsilon"], point["accuracy"]) for point in epsilon_curve]
@@ -404,7 +438,8 @@ def build_report(clean: torch.Tensor, results: Sequence[AttackResult], *, epsilo
         flags = resolved_by_eot(flags)
     return Report(epsilon, norm, seed, clean, attacks, flags, list(epsilon_curve), settings,
                   dict(margins or {}), [dict(i) for i in indicators], eot_samples,
-                  adversarial=adversarial)
+                  mode=mode, adversarial=adversarial,
+                  labels=None if labels is None else labels.detach().long().cpu())
 
 
 # -- the whole evaluation ----------------------------------------------------------------------
@@ -416,7 +451,8 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                    eot_samples: int = 20,
                    indicators: IndicatorSettings | None = DEFAULT_INDICATORS,
                    surrogate: Callable[[], nn.Module] | nn.Module | None = None,
-                   progress: Progress | None = None, **attack_extra: Any) -> Report:
+                   progress: Progress | None = None, mode: str = "full",
+                   **attack_extra: Any) -> Report:
     """Evaluate ``model`` on ``(x, y)`` under every attack in ``attacks`` at radius ``epsilon``.
 
     ``attacks`` are spec strings (``"pgd-100-cw"``, ``"square:queries=1000"``) or
@@ -425,8 +461,14 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     form over ``eot_samples`` passes (:func:`build_attack`). The indicators of attack failure
     run on the first points (``indicators``; None leaves them out), the transfer one from
     ``surrogate``. The report keeps, per broken example, the point that broke it
-    (``report.adversarial``).
+    (``report.adversarial``), and the labels ``y`` (``report.labels``) from which its record
+    gives per-class accuracies. ``mode``: ``"full"`` (every attack on every clean-correct
+    point, in the given order) or ``"cascade"`` (:mod:`attacks.cascade`: the same worst case
+    and flags; per-attack accuracies only for the attacks that ran on every point).
     """
+    from attacks.cascade import check_mode, run_cascade  # the cascade builds on this module
+
+    check_mode(mode)
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need as many labels as inputs (got {len(x)} and {len(y)}), and some")
     if not attacks:
@@ -437,15 +479,20 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         say(f"the forward pass is random: attacks average over {samples} samples (EOT)")
     clean = clean_flags(model, x, y, batch_size)
     say(f"clean accuracy {clean.float().mean():.2%} on {len(x)} points")
-    results, broken = [], []
-    for spec in attacks:
-        label, attack = build_attack(spec, epsilon=epsilon, norm=norm, seed=seed,
-                                     eot_samples=samples, **attack_extra)
-        result, points = attack_points(model, x, y, attack, label=label, clean=clean,
-                                       batch_size=batch_size, epsilon=epsilon, norm=norm)
-        results.append(result)
-        broken.append(points)
-        say(f"{label}: {result.robust.float().mean():.2%} in {result.seconds:.1f} s")
+    built = [build_attack(spec, epsilon=epsilon, norm=norm, seed=seed, eot_samples=samples,
+                          **attack_extra) for spec in attacks]
+    if mode == "cascade":
+        results, broken = run_cascade(model, x, y, built, clean=clean, epsilon=epsilon,
+                                      norm=norm, batch_size=batch_size, eot_samples=samples,
+                                      say=say)
+    else:
+        results, broken = [], []
+        for label, attack in built:
+            result, points = attack_points(model, x, y, attack, label=label, clean=clean,
+                                           batch_size=batch_size, epsilon=epsilon, norm=norm)
+            results.append(result)
+            broken.append(points)
+            say(f"{label}: {result.robust.float().mean():.2%} in {result.seconds:.1f} s")
     curve = []
     for radius in epsilon_curve:
         robust = clean
@@ -465,7 +512,7 @@ def evaluate_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     return build_report(clean, results, epsilon=epsilon, norm=norm, seed=seed,
                         model_checks=found, epsilon_curve=curve, settings=settings,
                         indicators=failures, eot_samples=samples,
-                        adversarial=worst_case_points(clean, broken))
+                        adversarial=worst_case_points(clean, broken), labels=y, mode=mode)
 
 
 if __name__ == "__main__":  # `python -m attacks.evaluate`: the command line, this module once

@@ -1,11 +1,15 @@
 """``python -m attacks.evaluate CHECKPOINT``: evaluate a saved checkpoint on its test set.
 
 The first ``--n-examples`` test points of the checkpoint's dataset are attacked at the
-checkpoint's training radius (or ``--epsilon``); progress goes to stderr, a one-line summary
-(the report without per-example flags) is the last line on stdout, and ``--json`` writes the
-whole evaluation record (:mod:`attacks.schema`), per-example flags included, with its plan (the
-flags that decide the numbers), its source (the checkpoint, a checksum of the evaluated points)
-and the checkpoint's training record.
+checkpoint's training radius (or ``--epsilon``), as a cascade (``--mode cascade``, the default:
+:mod:`attacks.cascade`) or with every attack on every point (``--mode full``); progress goes to
+stderr, a one-line summary (the report without per-example flags or labels, its per-class
+accuracies included) is the last line on stdout, then the per-class table (class, n, clean and
+worst-case accuracy in % with their 95 % intervals; :func:`class_table`) goes to stderr, and
+``--json`` writes the whole evaluation record (:mod:`attacks.schema`), per-example flags, labels
+and per-class accuracies included, with its plan (the flags that decide the numbers), its
+source (the checkpoint, a checksum of the evaluated points) and the checkpoint's training
+record.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ class EvaluationFlags:
 
     checkpoint: Annotated[Path, tyro.conf.Positional]  # a checkpoint directory
     attacks: tuple[str, ...] = DEFAULT_ATTACKS  # attack specs, name[:key=value,...]
+    # cascade: attacks cheapest first, the full worst case and flags, per-attack accuracies only
+    # for attacks that ran on every point (attacks.cascade); full: every per-attack accuracy
+    mode: str = "cascade"
     n_examples: int = 1000  # first n test points
     epsilon: float | None = None  # radius (default: the checkpoint's training epsilon)
     seed: int = 0
@@ -51,6 +58,8 @@ class EvaluationFlags:
             raise ValueError(f"--n-examples must be positive, got {self.n_examples}")
         if self.eot not in ("auto", "always", "never"):
             raise ValueError(f"--eot must be auto, always or never, got {self.eot!r}")
+        if self.mode not in ("cascade", "full"):
+            raise ValueError(f"--mode must be cascade or full, got {self.mode!r}")
         from attacks.pool_config import check_attack
         from attacks.shards import refuse_repeats
 
@@ -64,10 +73,27 @@ def parse_args(argv: list[str] | None = None) -> EvaluationFlags:
 
 
 def compact(report: dict[str, Any]) -> dict[str, Any]:
-    """A report document without its per-example flags."""
+    """A report document without its per-example flags and labels."""
     attacks = {label: {k: v for k, v in r.items() if k != "robust"}
                for label, r in report["attacks"].items()}
-    return {k: v for k, v in report.items() if k != "clean_correct"} | {"attacks": attacks}
+    return {k: v for k, v in report.items() if k not in ("clean_correct", "labels")} \
+        | {"attacks": attacks}
+
+
+def _percent(stats: dict[str, Any]) -> str:
+    return f"{100 * stats['accuracy']:5.1f} [{100 * stats['ci_low']:.1f}, " \
+           f"{100 * stats['ci_high']:.1f}]"
+
+
+def class_table(per_class: list[dict[str, Any]]) -> str:
+    """The per-class entries of a report document (``per_class``) as a plain-text table: class,
+    n, clean and worst-case accuracy in % with their 95 % intervals; empty without entries."""
+    if not per_class:
+        return ""
+    lines = [f"{'class':>5}  {'n':>6}  {'clean %':<20}  worst-case %"]
+    lines += [f"{entry['label']:>5}  {entry['n']:>6}  {_percent(entry['clean']):<20}  "
+              f"{_percent(entry['worst_case'])}" for entry in per_class]
+    return "\n".join(lines)
 
 
 def plan_of(args: EvaluationFlags, epsilon: float, norm: str, eot_samples: int
@@ -120,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         epsilon_curve=args.epsilon_curve, eot=args.eot, eot_samples=args.eot_samples,
         indicators=IndicatorSettings() if args.indicators else None,
         surrogate=lambda: surrogate_of(args.surrogate, config, args.device, args.seed),
-        progress=lambda message: print(message, file=sys.stderr, flush=True),
+        progress=lambda message: print(message, file=sys.stderr, flush=True), mode=args.mode,
         **checkpoint_context(config))
     if args.points and report.adversarial is not None:
         save_points(args.points, report.adversarial, n=report.n, epsilon=epsilon,
@@ -132,5 +158,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=1))
-    print(json.dumps(compact(record)))
+    print(json.dumps(compact(record)), flush=True)
+    table = class_table(record["per_class"])
+    if table:
+        print(f"per class (95 % intervals):\n{table}", file=sys.stderr, flush=True)
     return record

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -46,11 +47,32 @@ def cw_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 LOSSES: dict[str, LossFn] = {"ce": ce_loss, "cw": cw_loss}
 
 
+# the mode an "eval" request means inside ``training_attack_mode`` (None: eval)
+_TRAINING_ATTACK_MODE: ContextVar[str | None] = ContextVar("training_attack_mode", default=None)
+
+
+@contextmanager
+def training_attack_mode(mode: str):
+    """Within this block, a model asked to run in eval mode runs in ``mode`` instead: the
+    training engine wraps a defense's inner maximisation in it, so that the attack runs with
+    BatchNorm in train mode when asked (Pang et al. 2021, "Bag of Tricks for Adversarial
+    Training", Sec. 4, BN mode when crafting adversarial examples)."""
+    if mode not in ("eval", "train"):
+        raise ValueError(f"the training attack runs in eval or train mode, got {mode!r}")
+    token = _TRAINING_ATTACK_MODE.set(mode)
+    try:
+        yield
+    finally:
+        _TRAINING_ATTACK_MODE.reset(token)
+
+
 @contextmanager
 def model_mode(model: nn.Module, mode: str):
     """Run with the model in ``mode`` ("eval", "train" or "keep"), then restore its mode."""
     if mode not in MODEL_MODES:
         raise ValueError(f"unknown model mode {mode!r}; known: {', '.join(MODEL_MODES)}")
+    if mode == "eval":
+        mode = _TRAINING_ATTACK_MODE.get() or "eval"
     was_training = model.training
     if mode != "keep":
         model.train(mode == "train")

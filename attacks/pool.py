@@ -5,11 +5,13 @@
 Each round it finds published checkpoints awaiting evaluation in MLflow (or a sweep's top-k by
 validation robust accuracy), claims each with a lease (renewed while it works; a pool that dies
 lets its lease expire, and a restart with the same ``--pool-id`` takes its work back at once),
-cuts each evaluation into (shard, attack) units (:mod:`attacks.shards`), runs the units on a pool
-of evaluator actors, and saves every finished unit to ``--state-dir`` as it arrives. A restarted
-pool redoes only the missing units. Finished evaluations become one leaderboard run each
-(:mod:`attacks.rows`), written once: a second pool run adds nothing. A checkpoint that cannot be
-read is marked failed with its reason and the pool goes on. ``--watch`` keeps polling.
+cuts each evaluation into (shard, attack) units (:mod:`attacks.shards`; in the default
+``--mode cascade``, one unit per shard runs its attacks as a cascade, :mod:`attacks.cascade`),
+runs the units on a pool of evaluator actors, and saves every finished unit to ``--state-dir``
+as it arrives. A restarted pool redoes only the missing units. Finished evaluations become one
+leaderboard run each (:mod:`attacks.rows`), written once: a second pool run adds nothing. A
+checkpoint that cannot be read is marked failed with its reason and the pool goes on.
+``--watch`` keeps polling.
 """
 
 from __future__ import annotations
@@ -35,8 +37,11 @@ from attacks.shards import Plan, Progress, Unit, run_unit
 from attacks.targets import checkpoint_context, load_points, points_checksum
 from attacks.verify import POINTS_FILE, save_points
 from dashboards import artifacts, queue
-from dashboards.runs import training_seconds
+from dashboards.cost import HELD, Cost, held, total, unit_cost
+from dashboards.runs import DEVICE_KIND, training_cost
 from sweeps.cluster import connect
+
+STARTUP_WAIT_S = 120.0  # how long the pool waits for its evaluators to start before going on
 
 
 def log(message: str) -> None:
@@ -78,10 +83,11 @@ class Evaluator:
     """Loads checkpoints (downloaded from MLflow once per node) and runs units on them."""
 
     def __init__(self, tracking_uri: str, cache_dir: str, threads: int, device: str,
-                 surrogate: str = "train") -> None:
+                 surrogate: str = "train", cpus: float = 1.0, gpus: float = 0.0) -> None:
         torch.set_num_threads(threads)
         self.tracking_uri, self.cache_dir, self.device = tracking_uri, cache_dir, device
         self.surrogate = surrogate
+        self.cpus, self.gpus = cpus, gpus  # what Ray reserved for this actor
         self.loaded: dict[tuple[str, int], tuple] = {}
         self.surrogates: dict[tuple, torch.nn.Module | None] = {}
 
@@ -119,17 +125,28 @@ class Evaluator:
                 self.surrogates[key] = load_checkpoint(path, device=self.device).model.eval()
         return self.surrogates[key]
 
+    def ready(self) -> bool:
+        """Answers once the actor has started (torch imported, threads set)."""
+        return True
+
     def run(self, run_id: str, plan: dict[str, Any], unit: dict[str, Any]) -> dict[str, Any]:
+        """The unit's record, with what it held (``held``: its wall seconds here, loading the
+        checkpoint included, and this evaluator's reserved ``cpus`` and ``gpus``)."""
+        started = time.perf_counter()
         chosen = Plan.from_dict(plan)
         model, x, y, config = self._load(run_id, chosen.n_examples)
-        return run_unit(model, x, y, Unit(**unit), chosen,
-                        surrogate=lambda: self._surrogate(config, chosen.seed),
-                        **checkpoint_context(config))
+        record = run_unit(model, x, y, Unit(**unit), chosen,
+                          surrogate=lambda: self._surrogate(config, chosen.seed),
+                          **checkpoint_context(config))
+        record[HELD] = {"seconds": time.perf_counter() - started, "cpus": self.cpus,
+                        "gpus": self.gpus}
+        return record
 
 
 @dataclass
 class Job:
-    """One claimed checkpoint being evaluated."""
+    """One claimed checkpoint being evaluated; ``labels``: its evaluated points' true classes
+    (for the per-class accuracies of its record)."""
 
     candidate: queue.Candidate
     config: dict[str, Any]
@@ -139,6 +156,8 @@ class Job:
     data_checksum: str
     failed: str | None = None
     reused: int = 0
+    labels: tuple[int, ...] = ()
+    finalized: bool = False
 
     @property
     def name(self) -> str:
@@ -148,10 +167,16 @@ class Job:
 class Pool:
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
+        started = time.perf_counter()
         self.evaluators = [self._new_evaluator() for _ in range(config.evaluators)]
+        # start them all at once; a cluster short of resources starts them later, as it can
+        ray.wait([actor.ready.remote() for actor in self.evaluators],
+                 num_returns=len(self.evaluators), timeout=STARTUP_WAIT_S)
         self.details = Details(config.state_dir / "pool.log")
         self.stats = {"evaluated": 0, "failed": 0, "skipped": 0, "units_run": 0,
-                      "units_reused": 0, "examples": 0, "seconds": 0.0, "evaluators_lost": 0}
+                      "units_reused": 0, "examples": 0, "seconds": 0.0, "evaluators_lost": 0,
+                      "startup_seconds": time.perf_counter() - started,
+                      "unit_overhead_seconds": 0.0}
 
     def _new_evaluator(self):
         cfg = self.config
@@ -159,7 +184,8 @@ class Pool:
         options = {"num_cpus": cfg.cpus_per_evaluator, "num_gpus": cfg.gpus_per_evaluator}
         return Evaluator.options(**options).remote(
             cfg.tracking_uri, str(cfg.state_dir / "checkpoints"),
-            max(1, int(cfg.cpus_per_evaluator)), device, cfg.surrogate)
+            max(1, int(cfg.cpus_per_evaluator)), device, cfg.surrogate,
+            cfg.cpus_per_evaluator, cfg.gpus_per_evaluator)
 
     def close(self) -> None:
         """Stop the evaluators now (their resources go back to the cluster at once)."""
@@ -203,7 +229,8 @@ class Pool:
                         shard_size=cfg.shard_size, batch_size=cfg.batch_size,
                         epsilon_curve=cfg.epsilon_curve, curve_attack=cfg.curve_attack,
                         margins=cfg.margins,
-                        indicators=IndicatorSettings() if cfg.indicators else None)
+                        indicators=IndicatorSettings() if cfg.indicators else None,
+                        mode=cfg.mode)
             x, y = load_points(config.dataset, cfg.n_examples, "cpu")
             if needs_eot(checkpoint.model, x, cfg.eot):
                 plan = dataclasses.replace(plan, eot_samples=cfg.eot_samples)
@@ -212,25 +239,29 @@ class Pool:
             return None
         checksum = points_checksum(x, y)
         progress = Progress(cfg.state_dir / "evaluations", candidate.run_id, plan)
-        job = Job(candidate, config.to_dict(), plan, progress, str(path), checksum)
+        job = Job(candidate, config.to_dict(), plan, progress, str(path), checksum,
+                  labels=tuple(int(v) for v in y.tolist()))
         job.reused = len(plan.units()) - len(progress.pending())
         self.stats["units_reused"] += job.reused
         eot = f"; random forward pass: EOT over {plan.eot_samples} samples" \
             if plan.eot_samples else ""
         log(f"{job.name}: {len(plan.units())} units ({len(plan.shards())} shards × "
-            f"{len(plan.attacks) + len(plan.extra_kinds())} kinds + checks), "
-            f"{job.reused} already done{eot}")
+            f"{len(plan.attack_kinds()) + len(plan.extra_kinds())} kinds + checks, "
+            f"{plan.mode} mode), {job.reused} already done{eot}")
         return job
 
     def execute(self, jobs: list[Job]) -> None:
-        queue = deque((job, unit) for job in jobs for unit in job.progress.pending())
-        self.details.start(len(queue))
+        """Run the jobs' pending units, dearest first (:meth:`Plan.unit_cost`); each job is
+        finalized as soon as its last unit is in, while the others' units still run."""
+        pending = [(job, unit) for job in jobs for unit in job.progress.pending()]
+        pending.sort(key=lambda item: item[0].plan.unit_cost(item[1]), reverse=True)
+        self.details.start(len(pending))
         try:
-            self._drain(jobs, queue)
+            self._drain(jobs, deque(pending))
         finally:
             self.details.stop()
         for job in jobs:
-            if not job.failed:
+            if not job.failed and not job.finalized:
                 self.finalize(job)
 
     def _drain(self, jobs: list[Job], queue: deque) -> None:
@@ -244,7 +275,7 @@ class Pool:
                     continue
                 actor = idle.popleft()
                 ref = actor.run.remote(job.candidate.run_id, job.plan.to_dict(), unit.__dict__)
-                running[ref] = (actor, job, unit)
+                running[ref] = (actor, job, unit, time.perf_counter())
             if not running:
                 break
             ready, _ = ray.wait(list(running), num_returns=1, timeout=5.0)
@@ -254,9 +285,11 @@ class Pool:
                     "be waiting for free resources")
             for ref in ready:
                 heard = time.monotonic()
-                actor, job, unit = running.pop(ref)
-                if self.collect(job, unit, ref):
+                actor, job, unit, dispatched = running.pop(ref)
+                if self.collect(job, unit, ref, dispatched):
                     idle.append(actor)
+                    if not job.failed and not job.finalized and not job.progress.pending():
+                        self.finalize(job)
                 else:  # the evaluator died (node lost, out of memory): replace it, redo unit
                     self.evaluators.remove(actor)
                     idle.append(self._new_evaluator())
@@ -267,8 +300,11 @@ class Pool:
                 for job in jobs:
                     self.renew(job)
 
-    def collect(self, job: Job, unit: Unit, ref) -> bool:
-        """Save a finished unit; False if its evaluator died (the unit is to be redone)."""
+    def collect(self, job: Job, unit: Unit, ref, dispatched: float) -> bool:
+        """Save a finished unit; False if its evaluator died (the unit is to be redone). The
+        unit's overhead — the seconds from its dispatch to its record's arrival that its own
+        evaluation code did not spend (the call, loading the checkpoint, the transfers) — is
+        added to the pool's ``unit_overhead_seconds``."""
         try:
             record = ray.get(ref)
         except ray.exceptions.RayActorError as error:
@@ -283,6 +319,8 @@ class Pool:
                 job.failed = f"{unit.attack} on shard {unit.shard}: {_last_line(error)}"
                 self.fail(job.candidate, job.failed)
             return True
+        self.stats["unit_overhead_seconds"] += max(
+            0.0, time.perf_counter() - dispatched - record.get("seconds", 0.0))
         job.progress.save(unit, record)
         self.stats["units_run"] += 1
         total = len(job.plan.units())
@@ -306,14 +344,19 @@ class Pool:
             log(f"{job.name}: lease lost to another pool; leaving it to them")
 
     def finalize(self, job: Job) -> None:
+        job.finalized = True
         cfg, candidate = self.config, job.candidate
         report = job.progress.merge()
+        if job.labels:  # the unit files hold flags only; the points' classes come from here
+            report.labels = torch.tensor(job.labels, dtype=torch.long)
         seconds = job.progress.spent_seconds()
+        train_seconds, train_cost = training_cost(cfg.tracking_uri, candidate.run_id)
         run_id, written = record_row(
             cfg.tracking_uri, cfg.leaderboard, report=report, plan=job.plan, config=job.config,
             candidate=candidate, checkpoint=job.checkpoint, data_checksum=job.data_checksum,
-            seconds=seconds, train_seconds=training_seconds(cfg.tracking_uri,
-                                                                         candidate.run_id),
+            seconds=seconds, train_seconds=train_seconds, train_cost=train_cost,
+            evaluation_cost=evaluation_cost(job.progress, cpus=cfg.cpus_per_evaluator,
+                                            gpus=cfg.gpus_per_evaluator),
             artifact_location=cfg.artifact_location)
         queue.finish(cfg.tracking_uri, candidate.run_id, owner=cfg.pool_id,
                             status=queue.DONE, result_run=run_id)
@@ -334,18 +377,37 @@ class Pool:
                             status=queue.FAILED, reason=reason)
 
 
+def evaluation_cost(progress: Progress, *, cpus: float, gpus: float) -> Cost:
+    """What an evaluation's finished units held (:func:`dashboards.cost.unit_cost`; units
+    saved without a ``held`` entry at ``cpus``/``gpus``), reused units included."""
+    return total(unit_cost(progress.load(unit), cpus=cpus, gpus=gpus)
+                 for unit in progress.plan.units() if progress.done(unit))
+
+
 def record_row(tracking_uri: str, leaderboard: str, *, report, plan: Plan,
                config: dict[str, Any], candidate: queue.Candidate, checkpoint: str,
                data_checksum: str, seconds: float, train_seconds: float,
+               train_cost: Cost | None = None, evaluation_cost: Cost | None = None,
                artifact_location: str | None = None) -> tuple[str, bool]:
     """Write one evaluation as its leaderboard run (once); ``(run_id, written)``.
 
     ``report`` (an :class:`attacks.evaluate.Report`) becomes the row's schema record
     (:mod:`attacks.schema`), with its plan, its source (the training run, the checkpoint, the
     checksum of the evaluated points) and the training record (``config`` and the training
-    data checksum the source run logged); the record is ``evaluation/report.json``, the
-    worst-case adversarial points ``evaluation/adversarial.safetensors``."""
+    data checksum the source run logged); the record is ``evaluation/report.json`` (with the
+    points' labels and so the per-class accuracies when ``report.labels`` holds them), the
+    worst-case adversarial points ``evaluation/adversarial.safetensors``.
+
+    The row's cost: ``train_cost`` (the source trial's, over all its attempts) and
+    ``evaluation_cost`` (its units'), each logged apart (``train_``/``evaluation_`` +
+    :meth:`dashboards.cost.Cost.metrics`) and summed unit by unit (the unprefixed metrics and
+    the ``device_kind`` tag); either left out counts its seconds (``train_seconds``,
+    ``seconds``) on one CPU core."""
     from attacks.schema import Source, TrainingRecord
+
+    train_cost = train_cost or held(train_seconds, cpus=1.0, gpus=0.0)
+    evaluation_cost = evaluation_cost or held(seconds, cpus=1.0, gpus=0.0)
+    cost = train_cost + evaluation_cost
 
     training = TrainingRecord.from_config(config, candidate.tags.get("data_checksum"))
     record = report.to_record(
@@ -362,9 +424,12 @@ def record_row(tracking_uri: str, leaderboard: str, *, report, plan: Plan,
             identity={"source_run": candidate.run_id, "evaluation_plan": plan.key},
             run_name=f"{candidate.tags.get('defense', 'model')}-{name}",
             params=row_params(config, plan, training),
-            metrics={**row_metrics(record), "train_seconds": train_seconds},
-            tags=row_tags(record, plan=plan, source_experiment=candidate.experiment_id,
-                          source_tags=candidate.tags, seconds=seconds),
+            metrics={**row_metrics(record), "train_seconds": train_seconds,
+                     **train_cost.metrics("train_"), **evaluation_cost.metrics("evaluation_"),
+                     **cost.metrics()},
+            tags={**row_tags(record, plan=plan, source_experiment=candidate.experiment_id,
+                             source_tags=candidate.tags, seconds=seconds),
+                  DEVICE_KIND: cost.kind, "device_cost": cost.text()},
             artifacts_dir=folder, artifact_location=artifact_location)
 
 
@@ -390,8 +455,13 @@ def run(config: PoolConfig) -> dict[str, Any]:
     finally:
         pool.close()
     wall = time.perf_counter() - started
-    summary = {**pool.stats, "wall_seconds": wall,
-               "examples_per_second": pool.stats["examples"] / wall if wall else 0.0}
+    stats = pool.stats
+    working = wall - stats["startup_seconds"]  # from the evaluators' start to the last row
+    summary = {**stats, "wall_seconds": wall, "evaluation_seconds": working,
+               "examples_per_second": stats["examples"] / wall if wall else 0.0,
+               "examples_per_evaluation_second": stats["examples"] / working if working else 0.0,
+               "overhead_per_unit_seconds": (stats["unit_overhead_seconds"] / stats["units_run"]
+                                             if stats["units_run"] else 0.0)}
     print(json.dumps(summary), flush=True)
     return summary
 

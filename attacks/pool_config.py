@@ -34,6 +34,9 @@ class PoolConfig:
     leaderboard: str = "leaderboard"  # leaderboard experiment
     artifact_location: str | None = None  # leaderboard artifacts (default: a server's, or home)
     attacks: tuple[str, ...] = DEFAULT_ATTACKS  # attack specs, name[:key=value,...]
+    # cascade: attacks cheapest first, the full worst case and flags, per-attack columns only
+    # for attacks that ran on every point (attacks.cascade); full: every per-attack column
+    mode: str = "cascade"
     n_examples: int = 1000  # first n test points
     shard_size: int = 250  # points per unit of work
     epsilon: float | None = None  # radius (default: each checkpoint's training epsilon)
@@ -65,6 +68,8 @@ class PoolConfig:
             raise ValueError(f"pool settings must be positive: {', '.join(bad) or 'resources'}")
         if self.eot not in ("auto", "always", "never"):
             raise ValueError(f"--eot must be auto, always or never, got {self.eot!r}")
+        if self.mode not in ("cascade", "full"):
+            raise ValueError(f"--mode must be cascade or full, got {self.mode!r}")
         if self.top_k is not None and self.sweep is None:
             raise ValueError("--top-k needs --sweep")
         radii = {"epsilon": [] if self.epsilon is None else [self.epsilon],

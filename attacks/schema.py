@@ -7,14 +7,17 @@ needed to redo it: the threat model (``epsilon``, ``norm``), the evaluation's ow
 the integrity flags and the thresholds they were checked against, the ε curve, the margins, the
 indicators of attack failure, whether the numbers come from EOT attacks (Athalye et al. 2018,
 §4.1: a random forward pass is attacked through the expectation over its randomness), the plan
-of the evaluation, where the model and the points came from (:class:`Source`) and how the model
-was trained (:class:`TrainingRecord`).
+of the evaluation, where the model and the points came from (:class:`Source`), how the model
+was trained (:class:`TrainingRecord`) and each evaluated point's true class (``labels``), from
+which the per-class accuracies follow (:func:`class_accuracies`, :class:`ClassAccuracy`).
 
 ``to_dict`` writes JSON-ready data with ``schema_version`` = :data:`SCHEMA_VERSION`;
 ``from_dict`` reads it back exactly (``from_dict(r.to_dict()) == r``), refuses a newer or
 unknown version, and upgrades older documents step by step through :data:`UPGRADES`. The
 written document also holds a few derived values for readers of the JSON (``clean``,
-``clean_accuracy``, ``worst_case``, ``worst_case_accuracy``); they are recomputed, never read.
+``clean_accuracy``, ``worst_case``, ``worst_case_accuracy``, ``per_class``); they are
+recomputed, never read. A version-2 document written before ``labels`` existed reads as a record
+without labels (and so without per-class accuracies).
 
 Version 1 is the version-less ``report.json`` of earlier releases: the same data with ``seed``
 for ``eval_seed``, ``source_run`` / ``checkpoint`` / ``data_checksum`` at the top level and no
@@ -29,13 +32,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 SCHEMA_VERSION = 2
 Z_95 = 1.959963984540054
-MODES = ("full",)
+MODES = ("full", "cascade")  # every attack on every point; or a cascade (attacks.cascade)
 
 
 class SchemaError(ValueError):
@@ -64,7 +67,11 @@ class Accuracy:
     @classmethod
     def of(cls, flags: Iterable[bool]) -> Accuracy:
         values = [bool(v) for v in flags]
-        n, k = len(values), sum(values)
+        return cls.of_counts(sum(values), len(values))
+
+    @classmethod
+    def of_counts(cls, k: int, n: int) -> Accuracy:
+        """``k`` of ``n`` points."""
         low, high = wilson_interval(k, n)
         return cls(k / n if n else math.nan, low, high, n)
 
@@ -88,7 +95,8 @@ class AttackRecord:
     over the evaluated points, seconds spent, what the attack noticed (``flags``, ``details``),
     its settings and the leaderboard ``column`` its canonical identity names
     (:mod:`attacks.identity`). ``eot``: the attack averaged gradients over several forward
-    passes."""
+    passes. ``attacked`` and ``broken`` (a cascade's counts; None in the full evaluation): how
+    many points the attack ran on and how many of those it broke."""
 
     label: str
     name: str
@@ -101,6 +109,8 @@ class AttackRecord:
     flags: tuple[str, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
     eot: bool = False
+    attacked: int | None = None
+    broken: int | None = None
 
     def __post_init__(self) -> None:
         if not self.column:
@@ -110,7 +120,9 @@ class AttackRecord:
         return {"label": self.label, "name": self.name, "column": self.column,
                 "white_box": self.white_box, "settings": self.settings,
                 "robust": list(self.robust), **self.accuracy.to_dict(), "seconds": self.seconds,
-                "flags": list(self.flags), "details": self.details, "eot": self.eot}
+                "flags": list(self.flags), "details": self.details, "eot": self.eot,
+                **({} if self.attacked is None else {"attacked": self.attacked,
+                                                     "broken": self.broken})}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], label: str | None = None) -> AttackRecord:
@@ -123,7 +135,8 @@ class AttackRecord:
             data = _attack_v1_to_v2(label, data)
         return cls(label, data["name"], data["column"], data["white_box"], dict(data["settings"]),
                    tuple(bool(v) for v in data["robust"]), Accuracy.from_dict(data),
-                   data["seconds"], tuple(data["flags"]), dict(data["details"]), data["eot"])
+                   data["seconds"], tuple(data["flags"]), dict(data["details"]), data["eot"],
+                   data.get("attacked"), data.get("broken"))
 
 
 @dataclass(frozen=True)
@@ -156,6 +169,61 @@ class Source:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Source:
         return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class ClassAccuracy:
+    """The evaluated points of one true class: how many (``n``), how many were classified
+    correctly (``clean``), how many stayed correct under every attack (``worst_case``) and,
+    by attack column, how many stayed correct under that attack (``attacks``)."""
+
+    label: int
+    n: int
+    clean: int
+    worst_case: int
+    attacks: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def clean_accuracy(self) -> Accuracy:
+        return Accuracy.of_counts(self.clean, self.n)
+
+    @property
+    def worst_case_accuracy(self) -> Accuracy:
+        return Accuracy.of_counts(self.worst_case, self.n)
+
+    def attack_accuracy(self, column: str) -> Accuracy:
+        return Accuracy.of_counts(self.attacks[column], self.n)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "n": self.n, "clean_correct": self.clean,
+                "worst_case_correct": self.worst_case, "attacks_correct": dict(self.attacks),
+                "clean": self.clean_accuracy.to_dict(),
+                "worst_case": self.worst_case_accuracy.to_dict()}
+
+
+def class_accuracies(labels: Sequence[int], clean: Sequence[bool], worst_case: Sequence[bool],
+                     attacks: Mapping[str, Sequence[bool]] | None = None
+                     ) -> tuple[ClassAccuracy, ...]:
+    """Per true class (ascending), the counts of points, of clean-correct points, of points
+    correct under every attack (``worst_case``) and, per attack column, of points correct under
+    that attack (``attacks``: per-example flags already and-ed with ``clean``). Every sequence
+    holds one entry per point; no labels give no classes."""
+    attacks = attacks or {}
+    for what, flags in (("clean", clean), ("worst-case", worst_case), *attacks.items()):
+        if len(flags) != len(labels):
+            raise ValueError(f"{len(flags)} {what} flags for {len(labels)} labels")
+    counts: dict[int, list[int]] = {}
+    columns = list(attacks)
+    for i, label in enumerate(labels):
+        row = counts.setdefault(int(label), [0] * (3 + len(columns)))
+        row[0] += 1
+        row[1] += bool(clean[i])
+        row[2] += bool(worst_case[i])
+        for j, column in enumerate(columns):
+            row[3 + j] += bool(attacks[column][i])
+    return tuple(ClassAccuracy(label, row[0], row[1], row[2],
+                               dict(zip(columns, row[3:], strict=True)))
+                 for label, row in sorted(counts.items()))
 
 
 TRAINING_FIELDS = ("seed", "epochs", "batch_size", "lr", "schedule", "lr_milestones", "lr_gamma",
@@ -211,10 +279,14 @@ class EvaluationRecord:
     """One evaluation of one model, schema version :data:`SCHEMA_VERSION`.
 
     ``eot``: the forward pass is random and every number comes from the attacks' EOT forms,
-    averaging over ``eot_samples`` forward passes (1 when not EOT). ``mode``: how much of the
-    evaluation ran (``"full"``). ``indicators``: the indicators of attack failure, plain dicts
-    (name, fired, value, threshold, n, seconds, message). ``plan``: the evaluation's plan
+    averaging over ``eot_samples`` forward passes (1 when not EOT). ``mode``: ``"full"`` (every
+    attack on every point) or ``"cascade"`` (:mod:`attacks.cascade`: the same worst case; an
+    attack that skipped points has no accuracy of its own, :meth:`complete`). ``indicators``:
+    the indicators of attack failure, plain dicts (name, fired, value, threshold, n, seconds,
+    message). ``plan``: the evaluation's plan
     (:class:`attacks.shards.Plan` as a dict), None for an evaluation without one.
+    ``labels``: each evaluated point's true class, in the order of the per-example flags
+    (empty when not recorded); :attr:`per_class` follows from them.
     """
 
     n: int
@@ -236,6 +308,7 @@ class EvaluationRecord:
     plan: dict[str, Any] | None = None
     source: Source = field(default_factory=Source)
     training: TrainingRecord | None = None
+    labels: tuple[int, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -244,6 +317,8 @@ class EvaluationRecord:
                               f"not {self.schema_version}")
         if len(self.clean_correct) != self.n:
             raise ValueError(f"{len(self.clean_correct)} clean flags for n = {self.n} points")
+        if self.labels and len(self.labels) != self.n:
+            raise ValueError(f"{len(self.labels)} labels for n = {self.n} points")
         for attack in self.attacks:
             if len(attack.robust) != self.n:
                 raise ValueError(f"attack {attack.label!r} has {len(attack.robust)} robust "
@@ -280,6 +355,20 @@ class EvaluationRecord:
     def columns(self) -> tuple[str, ...]:
         return tuple(a.column for a in self.attacks)
 
+    @property
+    def per_class(self) -> tuple[ClassAccuracy, ...]:
+        """Clean, worst-case and per-attack counts by true class (none without labels)."""
+        if not self.labels:
+            return ()
+        return class_accuracies(self.labels, self.clean_correct, self.worst_case,
+                                {a.column: self.robust(a.column) for a in self.attacks
+                                 if self.complete(a)})
+
+    def complete(self, attack: AttackRecord) -> bool:
+        """Whether ``attack`` ran on every clean-correct point (always, in the full
+        evaluation): only then are its flags and accuracy its own."""
+        return attack.attacked is None or attack.attacked == sum(self.clean_correct)
+
     def attack(self, key: str) -> AttackRecord:
         """The attack whose column, else whose label, is ``key``."""
         for attack in self.attacks:
@@ -299,8 +388,12 @@ class EvaluationRecord:
             return self.clean_correct
         if key == "worst_case":
             return self.worst_case
-        return tuple(c and r for c, r in zip(self.clean_correct, self.attack(key).robust,
-                                             strict=True))
+        found = self.attack(key)
+        if not self.complete(found):
+            raise ValueError(f"attack {key!r} ran in a cascade on {found.attacked} of "
+                             f"{sum(self.clean_correct)} clean-correct points: it has no flags "
+                             "of its own (compare the worst case, or evaluate in full mode)")
+        return tuple(c and r for c, r in zip(self.clean_correct, found.robust, strict=True))
 
     # -- data ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -318,9 +411,11 @@ class EvaluationRecord:
             "eot_samples": self.eot_samples, "mode": self.mode, "plan": self.plan,
             "source": self.source.to_dict(),
             "training": None if self.training is None else self.training.to_dict(),
+            "labels": list(self.labels),
             # derived, for readers of the JSON; recomputed, never read back
             "clean": clean, "clean_accuracy": clean["accuracy"],
             "worst_case": worst, "worst_case_accuracy": worst["accuracy"],
+            "per_class": [c.to_dict() for c in self.per_class],
         }
 
     @classmethod
@@ -340,7 +435,8 @@ class EvaluationRecord:
             indicators=tuple(dict(i) for i in data["indicators"]), eot=data["eot"],
             eot_samples=data["eot_samples"], mode=data["mode"], plan=data["plan"],
             source=Source.from_dict(data["source"]),
-            training=None if training is None else TrainingRecord.from_dict(training))
+            training=None if training is None else TrainingRecord.from_dict(training),
+            labels=tuple(int(v) for v in data.get("labels") or ()))
 
 
 def as_record(report: EvaluationRecord | Mapping[str, Any]) -> EvaluationRecord:

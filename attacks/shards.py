@@ -1,11 +1,14 @@
 """An evaluation cut into (shard, attack) units, with progress kept on disk.
 
 A :class:`Plan` fixes everything that determines an evaluation's numbers (attacks, radius,
-seed, points, shard size, batch size); its ``key`` names the progress directory, so a changed
-setting never mixes with old results. Each finished unit is one JSON file written atomically:
-an interrupted evaluation resumes with exactly the units that are missing, and ``merge``
-rebuilds the whole :class:`~attacks.evaluate.Report` from the files, in shard order, so the
-numbers do not depend on which evaluator ran what or when.
+seed, points, shard size, batch size, mode); its ``key`` names the progress directory, so a
+changed setting never mixes with old results. In the ``cascade`` mode (:mod:`attacks.cascade`)
+a shard's attacks are one unit, ``cascade``, that runs them in cascade order on the shard's
+points (an interrupted shard's cascade is redone whole); the probes, the ε curve and the
+margins keep their own units. Each finished unit is one JSON file written atomically: an
+interrupted evaluation resumes with exactly the units that are missing, and ``merge`` rebuilds
+the whole :class:`~attacks.evaluate.Report` from the files, in shard order, so the numbers do
+not depend on which evaluator ran what or when.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from attacks.cascade import CASCADE, FULL, check_mode, run_cascade
 from attacks.checks import CheckSettings, model_flags
 from attacks.evaluate import (
     AttackResult,
@@ -46,6 +50,9 @@ CHECKS = "checks"  # the unit that probes the model itself (run on the first sha
 INDICATORS = "indicators"  # the indicators of attack failure (on the first shard's points)
 MARGINS = "margins"  # per-example effective margin (EMR Eq. 3) and AMR's L2 margin bound
 CURVE = "curve@"  # "curve@0.2": the plan's curve attack at radius 0.2
+# model passes per point of the units that run no attack of the plan: the model probes, the
+# indicators (five small attacks and the surrogate's transfer), the margins
+PROBE_PASSES = {CHECKS: 20.0, INDICATORS: 1500.0, MARGINS: 300.0}
 ADVERSARIAL = "adversarial"  # a unit's breaking points; kept in a safetensors file, not JSON
 
 
@@ -64,8 +71,10 @@ class Plan:
     margins: bool = False
     eot_samples: int = 0  # > 0: the model is random; attacks take their EOT forms
     indicators: IndicatorSettings | None = field(default_factory=IndicatorSettings)
+    mode: str = FULL  # or CASCADE: one unit per shard runs the attacks as a cascade
 
     def __post_init__(self) -> None:
+        check_mode(self.mode)
         if not self.attacks:
             raise ValueError("a plan needs at least one attack")
         if self.n_examples <= 0 or self.shard_size <= 0:
@@ -78,9 +87,14 @@ class Plan:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "attacks": list(self.attacks), "checks": self.checks.to_dict(),
+        """The plan as data; a full evaluation's has no ``mode`` (its key stays what it was
+        before there were modes)."""
+        data = {**asdict(self), "attacks": list(self.attacks), "checks": self.checks.to_dict(),
                 "epsilon_curve": list(self.epsilon_curve),
                 "indicators": None if self.indicators is None else self.indicators.to_dict()}
+        if self.mode == FULL:
+            del data["mode"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
@@ -95,14 +109,32 @@ class Plan:
         return [(start, min(start + self.shard_size, self.n_examples))
                 for start in range(0, self.n_examples, self.shard_size)]
 
+    def attack_kinds(self) -> list[str]:
+        """The per-shard units of the attacks: one per attack, or the one cascade."""
+        return [CASCADE] if self.mode == CASCADE else list(self.attacks)
+
     def extra_kinds(self) -> list[str]:
         """Per-shard units beyond the attacks: the ε curve's radii, then the margins."""
         return [f"{CURVE}{radius:g}" for radius in self.epsilon_curve] + (
             [MARGINS] if self.margins else [])
 
+    def unit_cost(self, unit: Unit) -> float:
+        """An estimate of the unit's work, in model passes: its attacks' declared cost per point
+        (:attr:`attacks.suite.Attack.cost`) times its points; the probes and the margins at
+        :data:`PROBE_PASSES` per point. The pool hands out the dearest units first, so that no
+        long unit starts last while the other evaluators idle."""
+        points = unit.stop - unit.start
+        if unit.attack in PROBE_PASSES:
+            return PROBE_PASSES[unit.attack] * points
+        specs = list(self.attacks) if unit.attack == CASCADE else [
+            self.curve_attack if unit.attack.startswith(CURVE) else unit.attack]
+        return points * sum(build_attack(spec, epsilon=self.epsilon, norm=self.norm,
+                                         seed=self.seed, eot_samples=self.eot_samples)[1].cost
+                            for spec in specs)
+
     def units(self) -> list[Unit]:
         units = [Unit(index, start, stop, kind)
-                 for kind in (*self.attacks, *self.extra_kinds())
+                 for kind in (*self.attack_kinds(), *self.extra_kinds())
                  for index, (start, stop) in enumerate(self.shards())]
         start, stop = self.shards()[0]
         probes = [CHECKS] + ([INDICATORS] if self.indicators is not None else [])
@@ -126,7 +158,7 @@ class Unit:
     shard: int
     start: int
     stop: int
-    attack: str  # an attack spec, or CHECKS
+    attack: str  # an attack spec, CASCADE, or another kind (CHECKS, INDICATORS, ...)
 
     @property
     def filename(self) -> str:
@@ -181,14 +213,19 @@ class Progress:
         return Broken(tensors["index"].long() + unit.start, tensors["x_adv"])
 
     def worst_points(self) -> Broken:
-        """Per example, the adversarial point of the first attack (in plan order) that broke
-        it: the evidence behind the worst-case accuracy."""
+        """Per example, the adversarial point of the first attack (in plan order; in a
+        cascade, in the order the attacks ran) that broke it: the evidence behind the
+        worst-case accuracy."""
         shards = self.plan.shards()
-        clean = torch.cat([_flags(self.load(Unit(i, a, b, self.plan.attacks[0])), "clean")
-                           for i, (a, b) in enumerate(shards)])
-        found = [self.broken(Unit(i, a, b, attack)) for attack in self.plan.attacks
+        found = [self.broken(Unit(i, a, b, kind)) for kind in self.plan.attack_kinds()
                  for i, (a, b) in enumerate(shards)]
-        return worst_case_points(clean, found)
+        return worst_case_points(self.clean(), found)
+
+    def clean(self) -> torch.Tensor:
+        """Per example, correct on the clean point (from the attack units)."""
+        kind = self.plan.attack_kinds()[0]
+        return torch.cat([_flags(self.load(Unit(i, a, b, kind)), "clean")
+                          for i, (a, b) in enumerate(self.plan.shards())])
 
     def load(self, unit: Unit) -> dict[str, Any]:
         if unit.filename not in self.records:
@@ -203,13 +240,16 @@ class Progress:
         missing = self.pending()
         if missing:
             raise RuntimeError(f"{len(missing)} units of {self.directory} are not finished")
-        shards = self.plan.shards()
-        clean = torch.cat([_flags(self.load(Unit(i, a, b, self.plan.attacks[0])), "clean")
-                           for i, (a, b) in enumerate(shards)])
-        results = []
-        for attack in self.plan.attacks:
-            parts = [self.load(Unit(i, a, b, attack)) for i, (a, b) in enumerate(shards)]
-            results.append(_concatenate(attack, parts))
+        shards, clean = self.plan.shards(), self.clean()
+        if self.plan.mode == CASCADE:  # each shard's unit holds every attack, in cascade order
+            cascades = [self.load(Unit(i, a, b, CASCADE))[CASCADE]
+                        for i, (a, b) in enumerate(shards)]
+            results = [_concatenate(entry["label"], [ran[k] for ran in cascades])
+                       for k, entry in enumerate(cascades[0])]
+        else:
+            results = [_concatenate(attack, [self.load(Unit(i, a, b, attack))["result"]
+                                             for i, (a, b) in enumerate(shards)])
+                       for attack in self.plan.attacks]
         checks = self.load(self.plan.units()[0])
         curve = []
         for radius in self.plan.epsilon_curve:
@@ -229,7 +269,7 @@ class Progress:
                             seed=self.plan.seed, model_checks=checks["flags"],
                             settings=self.plan.checks, epsilon_curve=curve, margins=margins,
                             indicators=indicators, eot_samples=self.plan.eot_samples,
-                            adversarial=self.worst_points())
+                            adversarial=self.worst_points(), mode=self.plan.mode)
 
     def spent_seconds(self) -> float:
         return sum(self.load(u).get("seconds", 0.0) for u in self.plan.units() if self.done(u))
@@ -240,16 +280,19 @@ def _flags(record: dict[str, Any], key: str) -> torch.Tensor:
 
 
 def _concatenate(label: str, parts: list[dict[str, Any]]) -> AttackResult:
-    first = AttackResult.from_dict(label, parts[0]["result"])
-    robust = torch.cat([_flags(p["result"], "robust") for p in parts])
+    """One attack's results on the shards (unit records' ``result`` entries), in order."""
+    first = AttackResult.from_dict(label, parts[0])
+    robust = torch.cat([_flags(p, "robust") for p in parts])
     flags: list[str] = []
     details: dict[str, Any] = {}
     for part in parts:
-        flags = merge_flags(flags, part["result"].get("flags", []))
-        details = merge_details(details, part["result"].get("details", {}))
-    seconds = sum(p["result"]["seconds"] for p in parts)
+        flags = merge_flags(flags, part.get("flags", []))
+        details = merge_details(details, part.get("details", {}))
+    seconds = sum(p["seconds"] for p in parts)
+    counts = {key: sum(p[key] for p in parts) if first.attacked is not None else None
+              for key in ("attacked", "broken")}
     return AttackResult(label, first.name, first.white_box, first.settings, robust, seconds,
-                        flags, details)
+                        flags, details, **counts)
 
 
 def _write_points(path: Path, broken: Broken) -> None:
@@ -286,6 +329,15 @@ def run_unit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, unit: Uni
         record["margins"] = {
             "effective_margin": effective_margin(model, xs, ys).tolist(),
             "average_margin": amr_margin_lower_bound(model, xs, generator=generator).tolist()}
+    elif unit.attack == CASCADE:
+        built = [build_attack(spec, epsilon=plan.epsilon, norm=plan.norm, seed=plan.seed,
+                              eot_samples=plan.eot_samples, **attack_extra)
+                 for spec in plan.attacks]
+        results, broken = run_cascade(model, xs, ys, built, clean=clean, epsilon=plan.epsilon,
+                                      norm=plan.norm, batch_size=plan.batch_size,
+                                      eot_samples=plan.eot_samples)
+        record[CASCADE] = [result.to_dict() for result in results]
+        record[ADVERSARIAL] = worst_case_points(clean, broken)
     else:
         spec, epsilon = unit.attack, plan.epsilon
         if spec.startswith(CURVE):

@@ -14,7 +14,10 @@ takes one Adam step on the perturbation with that estimate and projects back ont
 Every example keeps its lowest-margin iterate, the starting point included (an iterate that
 was misclassified and then left still counts); with ``early_stop`` an example is frozen as soon
 as it is misclassified, so no further queries are spent on it. All randomness comes from an
-explicit ``torch.Generator``: the global torch RNG is never touched.
+explicit ``torch.Generator``: the global torch RNG is never touched. With ``per_point`` each
+example draws from its own generator (:func:`attacks.streams.point_generators`) and the model
+sees no batch under :data:`attacks.streams.MIN_ROWS` rows, so an example's result does not
+depend on the other examples attacked with it (what a cascade of attacks relies on).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from attacks.pgd import NORMS, cw_loss, model_mode, project, random_start_point
+from attacks.streams import padded_forward, point_generators
 
 ADAM_BETA1, ADAM_BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 
@@ -97,12 +101,58 @@ def _gradient_estimate(model, x, y, delta, pairs, max_batch, generator):
     return grad / pairs
 
 
+def _point_gradient_estimate(model, x, y, delta, pairs, max_batch, generators):
+    """As :func:`_gradient_estimate`, each example's directions drawn from its own generator in
+    blocks of a fixed size and summed block by block: the estimate of an example is the same
+    whichever examples share its model calls."""
+    grad = torch.zeros_like(x)
+    chunk = max_batch // 2
+    blocks = [(j, min(chunk, pairs - k)) for j in range(x.shape[0]) for k in range(0, pairs, chunk)]
+    group: list[tuple[int, int]] = []
+    for index, block in enumerate(blocks):
+        group.append(block)
+        following = blocks[index + 1][1] if index + 1 < len(blocks) else None
+        if following is not None and sum(count for _, count in group) + following <= chunk:
+            continue
+        directions = [torch.randint(0, 2, (count, *x.shape[1:]), generator=generators[j],
+                                    device=x.device).to(x.dtype).mul_(2).sub_(1)
+                      for j, count in group]
+        owners = torch.cat([torch.full((count,), j, device=x.device) for j, count in group])
+        v, centre = torch.cat(directions), x[owners]
+        probes = torch.cat([centre + delta * v, centre - delta * v])
+        plus, minus = margin_loss(padded_forward(model, probes), y[owners].repeat(2)).chunk(2)
+        slope = (plus - minus) / (2 * delta)
+        offset = 0
+        for (j, count), direction in zip(group, directions, strict=True):
+            grad[j] += (_broadcast(slope[offset:offset + count], direction) * direction).sum(0)
+            offset += count
+        group = []
+    return grad / pairs
+
+
+def _point_start(x, epsilon, norm, generators):
+    """A uniform random start in the ball (as :func:`attacks.pgd.random_start_point`), each
+    example's noise from its own generator."""
+    shape, device = x.shape[1:], x.device
+    if norm == "linf":
+        noise = torch.stack([(torch.rand(shape, generator=g, device=device) * 2 - 1) * epsilon
+                             for g in generators])
+    else:
+        direction = torch.stack([torch.randn(shape, generator=g, device=device)
+                                 for g in generators])
+        radius = torch.stack([torch.rand((), generator=g, device=device) for g in generators])
+        direction = direction / _broadcast(direction.flatten(1).norm(dim=1).clamp_min(1e-12),
+                                           direction)
+        noise = direction * epsilon * _broadcast(radius ** (1.0 / x[0].numel()), direction)
+    return project(x + noise.to(x.dtype), x, epsilon, norm)
+
+
 def spsa_with_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
                     steps: int = 100, samples: int = 8192, delta: float = 0.01,
                     lr: float = 0.01, norm: str = "linf", random_start: bool = False,
                     early_stop: bool = True, max_batch: int = 4096,
-                    generator: torch.Generator | None = None,
-                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                    generator: torch.Generator | None = None, seed: int = 0,
+                    per_point: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """SPSA as :func:`spsa`, also returning the model evaluations spent on each example.
 
     An example costs one evaluation at its starting point, then per iteration it is active
@@ -110,15 +160,24 @@ def spsa_with_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsil
     ``(x_adv, queries)`` with ``queries`` an int64 tensor of shape ``(N,)``.
     """
     _validate(x, y, epsilon, steps, samples, delta, lr, norm, max_batch)
-    if generator is None:
+    if per_point and generator is not None:
+        raise ValueError("spsa draws per point from seed; it takes no generator then")
+    if generator is None and not per_point:
         generator = torch.Generator(device=x.device).manual_seed(seed)
     x, y = x.detach(), y.detach()
+    streams = point_generators(x, seed) if per_point else None
+    forward = (lambda t: padded_forward(model, t)) if per_point else model
     queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    corrections = [1 - beta ** torch.arange(steps + 1, dtype=x.dtype, device=x.device)
+                   for beta in (ADAM_BETA1, ADAM_BETA2)]  # by step count, looked up per example
     with model_mode(model, "eval"), torch.no_grad():
-        start = random_start_point(x, epsilon, norm, "uniform" if random_start else "none",
-                                   generator)
+        if per_point and random_start:
+            start = _point_start(x, epsilon, norm, streams)
+        else:
+            start = random_start_point(x, epsilon, norm, "uniform" if random_start else "none",
+                                       generator)
         perturbation = start - x
-        best, best_loss = start.clone(), margin_loss(model(start), y)
+        best, best_loss = start.clone(), margin_loss(forward(start), y)
         queries += 1
         first, second = torch.zeros_like(x), torch.zeros_like(x)
         adam_steps = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
@@ -128,19 +187,24 @@ def spsa_with_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsil
             if active.numel() == 0:
                 break
             x_a, y_a = x[active], y[active]
-            grad = _gradient_estimate(model, x_a + perturbation[active], y_a, delta,
-                                      samples // 2, max_batch, generator)
+            if per_point:
+                grad = _point_gradient_estimate(model, x_a + perturbation[active], y_a, delta,
+                                                samples // 2, max_batch,
+                                                [streams[i] for i in active.tolist()])
+            else:
+                grad = _gradient_estimate(model, x_a + perturbation[active], y_a, delta,
+                                          samples // 2, max_batch, generator)
             # Adam with per-example state: frozen examples keep their moments and step count.
             m = first[active].mul_(ADAM_BETA1).add_(grad, alpha=1 - ADAM_BETA1)
             s = second[active].mul_(ADAM_BETA2).addcmul_(grad, grad, value=1 - ADAM_BETA2)
             t = adam_steps[active] + 1
-            m_hat = m / _broadcast(1 - ADAM_BETA1 ** t, m)
-            s_hat = s / _broadcast(1 - ADAM_BETA2 ** t, s)
+            m_hat = m / _broadcast(corrections[0][t.long()], m)
+            s_hat = s / _broadcast(corrections[1][t.long()], s)
             step = lr * m_hat / (s_hat.sqrt() + ADAM_EPS)
             candidate = project(x_a + perturbation[active] - step, x_a, epsilon, norm)
             first[active], second[active], adam_steps[active] = m, s, t
             perturbation[active] = candidate - x_a
-            loss = margin_loss(model(candidate), y_a)
+            loss = margin_loss(forward(candidate), y_a)
             queries[active] += samples + 1
             improved = loss < best_loss[active]
             best[active[improved]] = candidate[improved]
@@ -154,18 +218,20 @@ def spsa(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float,
          steps: int = 100, samples: int = 8192, delta: float = 0.01, lr: float = 0.01,
          norm: str = "linf", random_start: bool = False, early_stop: bool = True,
          max_batch: int = 4096, generator: torch.Generator | None = None,
-         seed: int = 0) -> torch.Tensor:
+         seed: int = 0, per_point: bool = False) -> torch.Tensor:
     """Untargeted SPSA inside the ``norm`` ball of radius ``epsilon`` ∩ [0, 1].
 
     ``samples`` model evaluations (``samples / 2`` antithetic ±v pairs) estimate the gradient
     per iteration, evaluated in chunks of at most ``max_batch`` inputs; ``delta`` is the
     finite-difference step and ``lr`` Adam's learning rate on the perturbation. Random draws
-    come from ``generator`` (or a fresh one seeded with ``seed``). The model is queried in eval
-    mode and returned to its previous mode. Returns the detached lowest-margin iterate of each
-    example, shaped like ``x``.
+    come from ``generator`` (or a fresh one seeded with ``seed``); with ``per_point``, from one
+    generator per example seeded with ``seed`` and the example's values, so that an example's
+    result does not depend on the others in ``x``. The model is queried in eval mode and
+    returned to its previous mode. Returns the detached lowest-margin iterate of each example,
+    shaped like ``x``.
     """
     x_adv, _ = spsa_with_stats(model, x, y, epsilon=epsilon, steps=steps, samples=samples,
                                delta=delta, lr=lr, norm=norm, random_start=random_start,
                                early_stop=early_stop, max_batch=max_batch,
-                               generator=generator, seed=seed)
+                               generator=generator, seed=seed, per_point=per_point)
     return x_adv

@@ -17,11 +17,20 @@ counts even if the ascent leaves it). Against randomised models ``pgd`` and ``l2
 ``version=rand``), and against a model that declares a non-differentiable ``preprocessing``
 ``fgsm``, ``pgd``, ``l2-pgd``, ``autoattack`` and its parts take ``bpda=true`` (Athalye et al.
 2018, §4.1; :mod:`attacks.bpda`). Both settings are recorded only when they are not the default.
+
+Every attack declares what a cascade of attacks (:mod:`attacks.cascade`) needs to know of it:
+its ``cost``, an estimate of the model passes it spends on one point (a forward pass counts 1,
+a forward and backward pass 3), by which a cascade orders attacks from cheapest to dearest; and
+whether it is ``pointwise``, its verdict on a point depending on nothing but that point, the
+seed and the model (FGSM; SPSA, which draws per point, :mod:`attacks.streams`). PGD draws its
+random start for a whole batch, and AutoAttack and its parts (pyautoattack) draw for theirs and
+drop broken points as they go, so their verdicts depend on the points attacked with them.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,12 +65,16 @@ class AttackOutput:
 
 @dataclass(frozen=True)
 class Attack:
-    """A configured attack: ``name`` and every setting that determines its result."""
+    """A configured attack: ``name`` and every setting that determines its result; its
+    ``cost`` (model passes per point, an estimate; unknown: ``inf``) and whether it is
+    ``pointwise`` (see the module's docstring)."""
 
     name: str
     settings: dict[str, Any]
     white_box: bool
     _run: Callable[[nn.Module, torch.Tensor, torch.Tensor], AttackOutput] = field(repr=False)
+    cost: float = math.inf
+    pointwise: bool = False
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
         devices = [x.device] if x.device.type == "cuda" else []
@@ -151,7 +164,8 @@ def _unless_default(eot_samples: int = 1, bpda: bool = False) -> dict[str, Any]:
 def _fgsm(*, epsilon: float, norm: str = "linf", bpda: bool = False) -> Attack:
     return Attack("fgsm", {"epsilon": epsilon, "norm": norm, **_unless_default(bpda=bpda)},
                   True, lambda m, x, y: AttackOutput(fgsm(m, x, y, epsilon=epsilon, norm=norm,
-                                                          keep="best")))
+                                                          keep="best")),
+                  cost=4.0, pointwise=True)
 
 
 @register_attack("pgd")
@@ -169,7 +183,8 @@ def _pgd(*, epsilon: float, steps: int = 100, step_size: float | None = None, lo
                                 norm=norm, generator=_generator(x, seed), keep="best",
                                 eot_samples=eot_samples))
 
-    return Attack("pgd", settings, True, run)
+    return Attack("pgd", settings, True, run,
+                  cost=float(restarts * eot_samples * (3 * steps + 1)))
 
 
 @register_attack("l2-pgd")
@@ -182,7 +197,7 @@ def _l2_pgd(*, epsilon: float, steps: int = 100, step_size: float | None = None,
     attack = _pgd(epsilon=epsilon, steps=steps, step_size=step_size, loss=loss,
                   restarts=restarts, random_start=random_start, norm="l2", seed=seed,
                   eot_samples=eot_samples, bpda=bpda)
-    return Attack("l2-pgd", attack.settings, True, attack._run)
+    return Attack("l2-pgd", attack.settings, True, attack._run, cost=attack.cost)
 
 
 @register_attack("adaptive")
@@ -222,7 +237,7 @@ def _adaptive(*, epsilon: float, defense: str, defense_params: dict | None = Non
                                    step_size=step_size, norm=norm, generator=generator,
                                    keep="best", judge=prediction_judge(model, y)))
 
-    return Attack("adaptive", settings, True, run)
+    return Attack("adaptive", settings, True, run, cost=float(3 * steps + 1))
 
 
 # -- black-box -------------------------------------------------------------------------------
@@ -230,7 +245,7 @@ def _adaptive(*, epsilon: float, defense: str, defense_params: dict | None = Non
 def _spsa(*, epsilon: float, preset: str | None = None, norm: str = "linf", seed: int = 0,
           **settings: Any) -> Attack:
     accepted = set(inspect.signature(spsa).parameters) - {"model", "x", "y", "epsilon", "norm",
-                                                           "generator", "seed"}
+                                                           "generator", "seed", "per_point"}
     unknown = sorted(set(settings) - accepted)
     if unknown:  # a gradient-free attack has no use for bpda or eot_samples either
         raise ValueError(f"bad settings for attack 'spsa': {', '.join(unknown)}; accepted: "
@@ -239,10 +254,11 @@ def _spsa(*, epsilon: float, preset: str | None = None, norm: str = "linf", seed
     recorded = {"epsilon": epsilon, "norm": norm, "seed": seed, "preset": preset, **chosen}
 
     def run(model, x, y):
-        return AttackOutput(spsa(model, x, y, epsilon=epsilon, norm=norm,
-                                 generator=_generator(x, seed), **chosen))
+        return AttackOutput(spsa(model, x, y, epsilon=epsilon, norm=norm, seed=seed,
+                                 per_point=True, **chosen))
 
-    return Attack("spsa", recorded, False, run)
+    cost = 1 + chosen["steps"] * (chosen["samples"] + 1)
+    return Attack("spsa", recorded, False, run, cost=float(cost), pointwise=True)
 
 
 # -- AutoAttack and its parts (pyautoattack) -----------------------------------------------
@@ -259,7 +275,8 @@ def _autoattack(*, epsilon: float, version: str = "standard", parts: list[str] |
     def run(model, x, y):
         return AttackOutput(*aa.run(model, x, y, batch_size=batch_size, **settings))
 
-    return Attack("autoattack", {**settings, **_unless_default(bpda=bpda)}, True, run)
+    return Attack("autoattack", {**settings, **_unless_default(bpda=bpda)}, True, run,
+                  cost=aa.cost(**settings))
 
 
 def _part(part: str, white_box: bool):
@@ -267,7 +284,7 @@ def _part(part: str, white_box: bool):
                 queries: int = 5000, bpda: bool = False) -> Attack:
         attack = _autoattack(epsilon=epsilon, parts=[part], norm=norm, seed=seed,
                              batch_size=batch_size, square_queries=queries, bpda=bpda)
-        return Attack(part, attack.settings, white_box, attack._run)
+        return Attack(part, attack.settings, white_box, attack._run, cost=attack.cost)
 
     return factory
 

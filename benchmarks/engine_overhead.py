@@ -1,22 +1,30 @@
-"""Engine overhead: our PGD-AT epoch against a minimal hand-written PyTorch loop doing the same
-work (same model, same real MNIST batches in the same order, PGD-k with a uniform start in eval
-mode, one SGD step on CE at the adversarial points in train mode).
+"""Engine overhead: our PGD-AT training step against a minimal hand-written PyTorch loop doing
+the same work (same model initialisation, same real MNIST batches in the same order, PGD-k with
+a uniform start in eval mode, one SGD step on CE at the adversarial points in train mode).
 
-Rounds interleave the two so machine noise falls on both alike; the printed ratio is the median
-epoch time of ``trainables.engine.train_epoch`` over the median of the minimal loop.
+The engine runs with its default options (``train_epoch`` given only the model, the defense,
+the batches and the optimizer). Each side trains its own copy of the model, one step per
+round, on the same batch; rounds interleave the two in a balanced order (``ratios``) so that
+machine noise falls on both alike. The figure is the median over rounds of the per-step ratio
+ours / minimal, with a bootstrap 95 % interval; rounds are added until the interval is under
+±0.03 (``--half-width``) or ``--max-seconds`` is spent, and the output says which. Steps are
+timed by the wall clock, or with ``--threads 1 --clock cpu`` by the thread's CPU time, which
+other processes on a shared machine do not inflate.
 
-    .venv/bin/python benchmarks/engine_overhead.py --model small_cnn --examples 2048 --rounds 5
+    .venv/bin/python benchmarks/engine_overhead.py --threads 1 --clock cpu
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
+import itertools
+import sys
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from ratios import CLOCKS, HALF_WIDTH, interleave
 
 from trainables import data
 from trainables.defenses import AttackSettings, create_defense
@@ -45,15 +53,26 @@ def minimal_epoch(model, batches, optimizer, *, epsilon: float, steps: int, step
         optimizer.step()
 
 
+def epochs_of(dataset: data.ArrayDataset, batch_size: int) -> Iterator:
+    """The engine's own batches, epoch after epoch."""
+    while True:
+        yield from data.iterate_batches(dataset, batch_size)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="small_cnn")
-    parser.add_argument("--examples", type=int, default=2048)
+    parser.add_argument("--examples", type=int, default=2048, help="images the steps cycle over")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--half-width", type=float, default=HALF_WIDTH,
+                        help="stop once the 95%% interval is narrower than ± this")
+    parser.add_argument("--min-rounds", type=int, default=30)
+    parser.add_argument("--clock", default="wall", choices=tuple(CLOCKS),
+                        help="wall, or cpu (this thread's CPU time; --threads 1): shared machines")
+    parser.add_argument("--max-seconds", type=float, default=600.0, help="time cap")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -62,38 +81,43 @@ def main() -> None:
     info = data.dataset_info("mnist")
     model = create_model(args.model, num_classes=10, in_channels=1, image_size=28,
                          mean=info.mean, std=info.std)
-    initial = copy.deepcopy(model.state_dict())
     defense = create_defense("pgd_at", attack=AttackSettings(
         epsilon=epsilon, steps=args.steps, step_size=step_size, random_start="uniform"))
-    premade = [(x, y) for x, y, _ in data.iterate_batches(dataset, args.batch_size)]
+    premade = itertools.cycle([(x, y) for x, y, _ in
+                               data.iterate_batches(dataset, args.batch_size)])
+    ours_model, minimal_model = model, copy.deepcopy(model)
+    ours_optimizer, minimal_optimizer = (
+        torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in (model, minimal_model))
+    ours_batches = epochs_of(dataset, args.batch_size)
+    generator = torch.Generator().manual_seed(0)
+    if args.clock == "cpu" and torch.get_num_threads() != 1:
+        raise SystemExit("--clock cpu times the calling thread only: give --threads 1")
+    clock = CLOCKS[args.clock]
 
     def ours() -> float:
-        model.load_state_dict(initial)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        start = time.perf_counter()
-        train_epoch(model, defense, data.iterate_batches(dataset, args.batch_size), optimizer)
-        return time.perf_counter() - start
+        start = clock()
+        train_epoch(ours_model, defense, itertools.islice(ours_batches, 1), ours_optimizer)
+        return clock() - start
 
     def minimal() -> float:
-        model.load_state_dict(initial)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        start = time.perf_counter()
-        minimal_epoch(model, premade, optimizer, epsilon=epsilon, steps=args.steps,
-                      step_size=step_size, generator=torch.Generator().manual_seed(0))
-        return time.perf_counter() - start
+        batch = next(premade)
+        start = clock()
+        minimal_epoch(minimal_model, [batch], minimal_optimizer, epsilon=epsilon,
+                      steps=args.steps, step_size=step_size, generator=generator)
+        return clock() - start
 
-    ours(), minimal()  # warm-up: allocator, kernels
-    times: dict[str, list[float]] = {"ours": [], "minimal": []}
-    for round_index in range(args.rounds):
-        order = [("ours", ours), ("minimal", minimal)]
-        for name, run in order if round_index % 2 == 0 else order[::-1]:
-            times[name].append(run())
-    ours_s, minimal_s = statistics.median(times["ours"]), statistics.median(times["minimal"])
+    measured = interleave({"ours": ours, "minimal": minimal}, reference="minimal",
+                          half_width=args.half_width, min_rounds=args.min_rounds,
+                          max_seconds=args.max_seconds,
+                          progress=lambda m: print(m.summary(), file=sys.stderr, flush=True))
+    ratio = measured.ratio("ours")
     print(f"{args.model}, {args.examples} real MNIST images, batch {args.batch_size}, PGD-"
-          f"{args.steps}, {args.threads} threads, median of {args.rounds} interleaved rounds: "
-          f"ours {ours_s:.2f} s, minimal loop {minimal_s:.2f} s per epoch")
-    print(f"engine overhead, ours / minimal PyTorch loop: {ours_s / minimal_s:.3f} "
-          "(target ≤ 1.00)")
+          f"{args.steps}, {args.threads} threads, {args.clock} clock, {measured.rounds} "
+          f"interleaved rounds of one step each: median ours "
+          f"{1000 * measured.median_seconds('ours'):.1f} ms, minimal loop "
+          f"{1000 * measured.median_seconds('minimal'):.1f} ms per step")
+    print(measured.summary())
+    print(f"engine overhead, ours / minimal PyTorch loop: {ratio} (target ≤ 1.00)")
 
 
 if __name__ == "__main__":

@@ -80,7 +80,13 @@ def leaderboard(argv: list[str] | None = None) -> str:
     parser.add_argument("--format", choices=FORMATS, default="markdown",
                         help="robustbench: the first row in RobustBench's model-info format "
                              "(ε as the paper writes it, forward passes from EOT)")
+    parser.add_argument("--group-seeds", action="store_true",
+                        help="also one row per configuration (its config_group) with the "
+                             "mean ± std of each accuracy over its seeds: a second Markdown "
+                             "table, or these rows alone as CSV or JSON")
     args = parser.parse_args(argv)
+    if args.group_seeds and args.format == "robustbench":
+        parser.error("--group-seeds has no RobustBench format")
     from dashboards import leaderboard as board
 
     uri, _ = _store(args)
@@ -88,10 +94,29 @@ def leaderboard(argv: list[str] | None = None) -> str:
                       threat_model=args.threat_model, sweep=args.sweep, defense=args.defense)
     if rows.empty and args.format == "robustbench":
         raise SystemExit("error: no leaderboard row matches")
+    if args.group_seeds:
+        return _print(_over_seeds(rows, args.format))
     text = {"markdown": lambda: board.to_markdown(rows),
             "csv": lambda: rows.to_csv(index=False),
             "json": lambda: rows.to_json(orient="records"),
             "robustbench": lambda: board.robustbench_json(rows.iloc[0])}[args.format]()
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return text
+
+
+def _over_seeds(rows, form: str) -> str:
+    """The leaderboard and its configurations over seeds (Markdown), or the latter alone."""
+    from dashboards import groups
+    from dashboards import leaderboard as board
+
+    grouped = board.over_seeds(rows)
+    return {"markdown": lambda: f"{board.to_markdown(rows)}\nOver seeds (mean ± std, %):\n\n"
+                                f"{groups.to_markdown(grouped, board.accuracy_columns(rows))}",
+            "csv": lambda: grouped.to_csv(index=False),
+            "json": lambda: grouped.to_json(orient="records")}[form]()
+
+
+def _print(text: str) -> str:
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return text
 

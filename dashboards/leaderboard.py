@@ -8,6 +8,10 @@ accuracy (standard version; for a row whose numbers come from EOT attacks, the `
 version's, and its ``eot`` column says so), the worst case where no AutoAttack ran; rows with
 integrity flags are set apart after the trusted ones and get no rank, whatever their numbers.
 Rows written before report schema 2 are read through the columns the leaderboard then showed.
+Every row carries its device cost (:func:`row_cost`, :mod:`dashboards.cost`): the training
+device-hours of the trial that made its checkpoint plus its evaluation's, in GPU-hours or
+CPU-core-hours (``device_unit``), and its worst-case accuracy per device-hour beside them
+(``robust_per_device_hour``); :func:`defense_costs` sums them per defense.
 Exports: CSV, Markdown, HTML (each accuracy with its interval, rows named by
 :func:`row_names`), and a row in RobustBench's model-info JSON format.
 """
@@ -28,6 +32,8 @@ from mlflow.tracking import MlflowClient
 
 from attacks.schema import EvaluationRecord
 from dashboards.compare import McNemarResult, compare_reports
+from dashboards.cost import Cost, held, per_device_hour, total
+from dashboards.groups import GROUP, run_group, seed_groups
 from dashboards.queue import EVAL_COMPLETE
 from dashboards.runs import search_all
 
@@ -40,7 +46,8 @@ WELL_KNOWN = ("clean", AUTOATTACK, AUTOATTACK_RAND, "pgd100_ce", "pgd100_cw", "s
 LEGACY = {"clean": "clean", AUTOATTACK: "autoattack", "pgd100_ce": "pgd-100-ce",
           "pgd100_cw": "pgd-100-cw", "square": "square", "spsa": "spsa", WORST_CASE: "worst_case"}
 LEADING = ["rank", "defense", "model", "dataset", "threat_model"]
-TRAILING = ["eot", "n", "device_hours", "flags", "sweep", "run_id"]
+TRAILING = ["eot", "n", "device_hours", "device_unit", "robust_per_device_hour", "flags",
+            "sweep", "run_id"]
 SHOWN = [*LEADING, *WELL_KNOWN, *TRAILING]
 INTERVAL = (("", "accuracy"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high"))
 
@@ -91,19 +98,73 @@ def _row(run) -> dict[str, Any]:
         "evaluation_seconds": float(tags.get("evaluation_seconds", 0.0)),
         "train_seconds": metrics.get("train_seconds", math.nan),
         "eot": eot, "eot_samples": int(tags.get("eot_samples", "1")) if eot else 1,
+        "eval_mode": tags.get("eval_mode", "full"),  # a cascade has fewer attack columns
         "eval_seed": params.get("eval_seed", params.get("seed")),
         "train_seed": params.get("train_seed"),
         "extra_data": params.get("extra_data", "False") == "True",
+        GROUP: run_group(tags, params),
     }
     row["threat_model"] = f"{row['norm']} ε={row['epsilon']:g}"
     row.update(_accuracies(metrics, int(tags.get("report_schema", "1"))))
     for key, value in params.items():
         if key.startswith("defense_params."):
             row[f"knob.{key.split('.', 1)[1]}"] = value
-    seconds = row["evaluation_seconds"] + (0.0 if math.isnan(row["train_seconds"])
-                                           else row["train_seconds"])
-    row["device_hours"] = seconds / 3600
+    row.update(row_cost(metrics, row["train_seconds"], row["evaluation_seconds"]))
+    row["robust_per_device_hour"] = per_device_hour(
+        row[WORST_CASE], Cost(row["gpu_hours"], row["cpu_hours"]))
     return row
+
+
+def row_cost(metrics: dict[str, float], train_seconds: float,
+             evaluation_seconds: float) -> dict[str, Any]:
+    """A row's device cost (:mod:`dashboards.cost`): its training (the source trial's, every
+    attempt) and its evaluation, each in its own unit, and their sum — ``device_hours`` in
+    ``device_unit`` (NaN where GPU-hours and CPU-core-hours meet; ``device_unit`` then says
+    both) and ``gpu_hours`` / ``cpu_hours`` apart. A row written without them counts its
+    training and evaluation seconds on one CPU core."""
+    train = Cost.from_metrics(metrics, "train_") or held(
+        0.0 if math.isnan(train_seconds) else train_seconds, cpus=1.0, gpus=0.0)
+    evaluation = Cost.from_metrics(metrics, "evaluation_") or held(
+        evaluation_seconds, cpus=1.0, gpus=0.0)
+    cost = total([train, evaluation])
+    found: dict[str, Any] = {}
+    for prefix, part in (("train_", train), ("evaluation_", evaluation)):
+        found.update({f"{prefix}device_hours": part.device_hours, f"{prefix}device_unit":
+                      part.unit, f"{prefix}gpu_hours": part.gpu_hours,
+                      f"{prefix}cpu_hours": part.cpu_hours})
+    return {**found, "device_hours": cost.device_hours,
+            "device_unit": cost.unit if cost.kind != "mixed" else cost.text(),
+            "gpu_hours": cost.gpu_hours, "cpu_hours": cost.cpu_hours}
+
+
+def defense_costs(frame: pd.DataFrame, sweeps: Sequence[dict[str, Any]] = ()) -> pd.DataFrame:
+    """Device cost per defense: its leaderboard rows' training and evaluation and, where
+    ``sweeps`` (``dashboards.runs.sweep_costs``) has them, every trial of its sweeps (early
+    stopped and failed ones too); each sum in its own unit (``*_cost`` as text), ``total`` =
+    sweeps + evaluation where sweeps are known, else rows' training + evaluation, and the best
+    trusted row's worst-case accuracy per device-hour of that total."""
+    rows = []
+    for defense, group in (frame.groupby("defense", sort=True) if not frame.empty else []):
+        train = total(_cost(r, "train_") for _, r in group.iterrows())
+        evaluation = total(_cost(r, "evaluation_") for _, r in group.iterrows())
+        tuning = [s["cost"] for s in sweeps if s.get("defense") == defense]
+        whole = (total(tuning) if tuning else train) + evaluation
+        trusted = group[~group["flagged"].astype(bool)]
+        best = trusted[WORST_CASE].max() if not trusted.empty else math.nan
+        rows.append({"defense": defense, "rows": len(group), "train_cost": train.text(),
+                     "evaluation_cost": evaluation.text(),
+                     "sweeps_cost": total(tuning).text() if tuning else "—",
+                     "total_cost": whole.text(), "device_hours": whole.device_hours,
+                     "device_unit": whole.unit, "best_worst_case": best,
+                     "robust_per_device_hour": per_device_hour(best, whole)})
+    return pd.DataFrame(rows, columns=["defense", "rows", "train_cost", "evaluation_cost",
+                                       "sweeps_cost", "total_cost", "device_hours",
+                                       "device_unit", "best_worst_case",
+                                       "robust_per_device_hour"])
+
+
+def _cost(row: pd.Series, prefix: str) -> Cost:
+    return Cost(float(row[f"{prefix}gpu_hours"]), float(row[f"{prefix}cpu_hours"]))
 
 
 def load(tracking_uri: str, experiment: str = LEADERBOARD, *, dataset: str | None = None,
@@ -178,6 +239,8 @@ def _cell(value: Any, column: str, accuracy: bool = False) -> str:
         return str(bool(value)).lower()
     if column == "device_hours":
         return f"{value:.3f}"
+    if column == "robust_per_device_hour":  # accuracy points (%) per device-hour
+        return f"{100 * value:.1f}"
     if column == "run_id":
         return str(value)[:8]
     return str(value).replace("|", "\\|")
@@ -285,13 +348,39 @@ def row_names(frame: pd.DataFrame) -> dict[str, str]:
     return names
 
 
+# -- over seeds ----------------------------------------------------------------------------------
+def over_seeds(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows grouped by configuration (:func:`dashboards.groups.seed_groups` over every
+    accuracy column), each group named (``name``) as :func:`row_names` names its first row among
+    one row per group, the best mean AutoAttack (else worst-case) accuracy first; groups with
+    a flagged run after the others, as the leaderboard sets flagged rows apart."""
+    columns = accuracy_columns(frame)
+    groups = seed_groups(frame, columns)
+    if groups.empty:
+        return groups.assign(name=pd.Series(dtype=str))
+    first = frame.set_index(frame["run_id"].astype(str)).loc[
+        [run_ids[0] for run_ids in groups["run_ids"]]].reset_index(drop=True)
+    names = row_names(first)
+    groups.insert(0, "name", [names[run_ids[0]] for run_ids in groups["run_ids"]])
+    means = {c: groups[f"{c}_mean"] for c in columns}
+    key = means.get(AUTOATTACK, pd.Series(math.nan, index=groups.index))
+    if WORST_CASE in means:
+        key = key.where(key.notna(), means[WORST_CASE])
+    order = pd.DataFrame({"flagged": groups["flagged"] > 0, "key": key.fillna(-math.inf)})
+    order = order.sort_values(["flagged", "key"], ascending=[True, False], kind="stable").index
+    return groups.loc[order].reset_index(drop=True)
+
+
 # -- HTML ----------------------------------------------------------------------------------------
 # said once, in the caption, when every row has the same value
 SHARED: dict[str, Callable[[Any], str]] = {
     "model": lambda v: f"model {v}", "dataset": lambda v: f"dataset {v}",
     "threat_model": lambda v: f"threat model {v}",
-    "eot": lambda v: "EOT attacks" if bool(v) else "no EOT", "n": lambda v: f"n = {v} points"}
-HEADERS = {"rank": "#", "defense": "row", "device_hours": "device-hours", "run_id": "MLflow run"}
+    "eot": lambda v: "EOT attacks" if bool(v) else "no EOT", "n": lambda v: f"n = {v} points",
+    "device_unit": lambda v: f"device-hours in {v}"}
+HEADERS = {"rank": "#", "defense": "row", "device_hours": "device-hours",
+           "device_unit": "unit", "robust_per_device_hour": "worst case %/device-hour",
+           "run_id": "MLflow run"}
 
 
 def interval_text(value: Any, low: Any, high: Any) -> str:

@@ -124,18 +124,22 @@ def binned_histograms(histograms: Mapping[str, Mapping[str, Sequence[float]]], p
 
 def cost(frame: pd.DataFrame, path: Path, names: Mapping[str, str] | None = None
          ) -> Path | None:
-    """Device-hours per row (training + evaluation), rows labelled by ``names`` (by run id)."""
+    """Device-hours per row (training + evaluation, ``dashboards.leaderboard.row_cost``), rows
+    labelled by ``names`` (by run id); the axis names the unit when all rows share one."""
     if frame.empty:
         return None
     names = names or {}
     figure, axes = plt.subplots(figsize=(6.4, 1.4 + 0.35 * len(frame)))
     labels = [names.get(str(r), f"{d} {str(r)[:8]}")
               for d, r in zip(frame["defense"], frame["run_id"], strict=True)]
-    train = frame["train_seconds"].fillna(0.0) / 3600
-    evaluation = frame["evaluation_seconds"].fillna(0.0) / 3600
+    train = frame["train_device_hours"].astype(float).fillna(0.0)
+    evaluation = frame["evaluation_device_hours"].astype(float).fillna(0.0)
     axes.barh(labels, train, label="training")
     axes.barh(labels, evaluation, left=train, label="evaluation")
-    axes.set_xlabel("device-hours")
+    units = set(frame["train_device_unit"]) | set(frame["evaluation_device_unit"])
+    units.discard("")
+    axes.set_xlabel(f"device-hours ({units.pop()})" if len(units) == 1
+                    else "device-hours (units differ by row: see the table)")
     axes.set_title("Cost per row")
     axes.legend(fontsize=8)
     return _save(figure, path)

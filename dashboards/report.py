@@ -6,9 +6,13 @@ The page opens from disk with no server. It shows:
   that set it apart from the other rows of that defense
   (:func:`dashboards.leaderboard.row_names`), every accuracy with its 95 % interval, each row
   linked to its run in the MLflow UI (``mlflow_ui``); the table scrolls sideways on its own;
+* over seeds, when some configuration ran more than once: its runs grouped (their
+  ``config_group``, :mod:`dashboards.groups`) with each accuracy's mean ± std over them;
 * which differences between the best trusted rows (up to :data:`TOP`, by the rank key) are
   real: the exact McNemar test of every pair on their paired per-example flags, and a sentence
   on the best row against the runner-up;
+* per class: the clean and worst-case accuracy of each true class, with its 95 % interval, for
+  the first :data:`TOP` rows whose records hold their points' labels (:func:`class_html`);
 * margins: histograms of the effective margin (EMR Eq. 3) and of AMR's L2 margin bound on the
   test points; SMD's per-example margins, from the histogram its training run publishes beside
   the evaluated checkpoint (:data:`STATE_MARGINS`, ``trainables.engine.write_state_margins``);
@@ -16,7 +20,10 @@ The page opens from disk with no server. It shows:
   them on validation images (:data:`AMR_TRAINING`); "no data" where no row has them;
 * the Pareto front of clean vs AutoAttack accuracy by defense, AutoAttack accuracy against ε,
   each sweep's Optuna optimisation history and parameter importances, and the cost of every row
-  in device-hours.
+  in device-hours;
+* cost per defense (:func:`cost_section`): device-hours of its rows' training and evaluation
+  and of its sweeps' trials, and the best worst-case accuracy per device-hour; each leaderboard
+  row shows its own device-hours, unit and worst-case accuracy per device-hour.
 
 Per-example data comes from each row's evaluation record (``evaluation/report.json``,
 :mod:`attacks.schema`); the row names label the table, the ε curves, the margin figures and the
@@ -36,22 +43,28 @@ from typing import Any
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from attacks.schema import EvaluationRecord
+from attacks.schema import Accuracy, EvaluationRecord
 from dashboards import plots
 from dashboards.artifacts import CHECKPOINT_ARTIFACT
 from dashboards.compare import McNemarResult, compare_reports
+from dashboards.groups import repeated
+from dashboards.groups import to_html as groups_html
 from dashboards.leaderboard import (
     AUTOATTACK,
     AUTOATTACK_RAND,
     LEADERBOARD,
     WORST_CASE,
     accuracy_columns,
+    defense_costs,
+    interval_text,
     load,
+    over_seeds,
     row_names,
     row_report,
     to_html,
     to_markdown,
 )
+from dashboards.runs import sweep_costs
 
 MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 TOP = 5  # trusted rows compared pairwise
@@ -84,7 +97,10 @@ table.mcnemar th.name{white-space:normal;max-width:14em}
 .p{color:#666;font-size:11px;font-weight:400}
 figure{display:inline-block;margin:1em;max-width:100%}figure img{max-width:100%}
 figcaption{font-size:13px;color:#555;max-width:640px}
-.flagged{color:#a33}"""
+.flagged{color:#a33}
+table.per-class td{text-align:right;font-variant-numeric:tabular-nums}
+table.per-class th.name{white-space:normal;max-width:14em;text-align:center}
+table.per-class td.lowest{font-weight:600}"""
 
 
 # -- rows: records, links, what ranks them ------------------------------------------------------
@@ -237,6 +253,61 @@ def comparisons(frame: pd.DataFrame, reports: Mapping[str, EvaluationRecord],
     return "".join(parts)
 
 
+# -- per class ----------------------------------------------------------------------------------
+def _interval_cell(stats: Accuracy, lowest: bool = False) -> str:
+    text = interval_text(stats.accuracy, stats.ci_low, stats.ci_high)
+    value, _, interval = text.partition(" ")
+    span = f" <span class='ci'>{html.escape(interval)}</span>" if interval else ""
+    return (f"<td class='acc{' lowest' if lowest else ''}' data-n='{stats.n}'>"
+            f"{html.escape(value)}{span}</td>")
+
+
+def class_html(frame: pd.DataFrame, reports: Mapping[str, EvaluationRecord],
+               names: Mapping[str, str], top: int = TOP) -> str:
+    """Clean and worst-case accuracy (%, with 95 % intervals) per true class for the first
+    ``top`` rows of the leaderboard whose records hold their points' labels: one line per
+    class, two columns per row, each row's lowest worst-case class in bold (class
+    ``lowest``); one ``n`` column when the rows share their classes' sizes, else one per row.
+    A "no data" line when no row has labels."""
+    found = ((str(r), reports[str(r)].per_class) for r in frame["run_id"] if str(r) in reports)
+    chosen = [(run_id, classes) for run_id, classes in found if classes][:top]
+    if not chosen:
+        return ("<p><em>Per-class accuracy: no data in this leaderboard (no row's record holds "
+                "its points' labels).</em></p>")
+    sizes = [{c.label: c.n for c in classes} for _, classes in chosen]
+    shared = all(size == sizes[0] for size in sizes)
+    labels = sorted({label for size in sizes for label in size})
+    width = 2 if shared else 3
+    head = ("<tr><th rowspan='2'>class</th>" + ("<th rowspan='2'>n</th>" if shared else "")
+            + "".join(f"<th class='name' colspan='{width}'>{html.escape(names[r])}</th>"
+                      for r, _ in chosen) + "</tr><tr>"
+            + ("<th>clean</th><th>worst case</th>" if shared
+               else "<th>n</th><th>clean</th><th>worst case</th>") * len(chosen) + "</tr>")
+    lowest = {r: min(classes, key=lambda c: (c.worst_case_accuracy.accuracy, c.label)).label
+              for r, classes in chosen}
+    body = []
+    for label in labels:
+        cells = [f"<th>{label}</th>"] + ([f"<td class='acc'>{sizes[0][label]}</td>"]
+                                         if shared else [])
+        for run_id, classes in chosen:
+            found = [c for c in classes if c.label == label]
+            if not found:
+                cells.append("<td>—</td>" * width)
+                continue
+            entry = found[0]
+            if not shared:
+                cells.append(f"<td class='acc'>{entry.n}</td>")
+            cells.append(_interval_cell(entry.clean_accuracy))
+            cells.append(_interval_cell(entry.worst_case_accuracy, lowest[run_id] == label))
+        body.append(f"<tr data-class='{label}'>{''.join(cells)}</tr>")
+    caption = (f"Accuracy in % with its 95 % interval on the test points of each true class, "
+               f"for the first {len(chosen)} rows of the leaderboard with per-class data; "
+               f"worst case: correct under every attack. Each row's weakest class under attack "
+               f"in bold.")
+    return (f"<div class='scroll'><table class='per-class'><caption>{caption}</caption>"
+            f"<thead>{head}</thead><tbody>{''.join(body)}</tbody></table></div>")
+
+
 # -- margins ------------------------------------------------------------------------------------
 def amr_statistics(distances: Sequence[float], correct: Sequence[bool]) -> dict[str, float]:
     """AMR's average margin (the mean L2 distance bound) and minimum margin (the least signed
@@ -318,6 +389,41 @@ def amr_table(tracking_uri: str, frame: pd.DataFrame, reports: Mapping[str, Eval
 
 
 # -- the page -------------------------------------------------------------------------------------
+def over_seeds_section(frame: pd.DataFrame) -> str:
+    """The rows grouped by configuration, each accuracy's mean ± std over its seeds; empty
+    unless some configuration has two runs or more."""
+    groups = over_seeds(frame)
+    if not repeated(groups):
+        return ""
+    return (f"<h2>Over seeds</h2><p>Runs of one configuration (its <code>config_group</code>: "
+            f"the training config without its seed) grouped, with the mean and sample standard "
+            f"deviation of each accuracy over them, beside the per-run 95 % intervals above."
+            f"</p><div class='scroll'>{groups_html(groups, accuracy_columns(frame))}</div>")
+
+
+def cost_section(frame: pd.DataFrame, sweeps: Sequence[dict[str, Any]]) -> str:
+    """Device cost per defense (:func:`dashboards.leaderboard.defense_costs`): its rows'
+    training and evaluation, its sweeps' trials where their parent runs hold them, the total
+    and the best trusted worst-case accuracy per device-hour of it."""
+    costs = defense_costs(frame, sweeps)
+    if costs.empty:
+        return ""
+    head = ("<tr><th>defense</th><th>rows</th><th>rows' training</th><th>evaluation</th>"
+            "<th>sweeps (all trials)</th><th>total</th><th>best worst case %/device-hour"
+            "</th></tr>")
+    body = "".join(
+        f"<tr><td>{html.escape(str(r['defense']))}</td><td>{r['rows']}</td>"
+        f"<td>{html.escape(r['train_cost'])}</td><td>{html.escape(r['evaluation_cost'])}</td>"
+        f"<td>{html.escape(r['sweeps_cost'])}</td><td>{html.escape(r['total_cost'])}</td>"
+        f"<td>{_number(100 * r['robust_per_device_hour'])}</td></tr>"
+        for _, r in costs.iterrows())
+    return ("<h2>Cost per defense</h2><p>Device-hours: GPU-hours for work that held GPUs "
+            "(fractions counted as fractions), else CPU-core-hours, over every second a trial "
+            "or an evaluation unit held them; the two units are never added.</p>"
+            f"<div class='scroll'><table class='costs'><thead>{head}</thead><tbody>{body}"
+            "</tbody></table></div>")
+
+
 def _figure(path: Path | None, caption: str) -> str:
     if path is None:
         return f"<p><em>{html.escape(caption)}: no data in this leaderboard.</em></p>"
@@ -355,12 +461,17 @@ def render(tracking_uri: str, out: Path, *, experiment: str = LEADERBOARD,
             f"<a href='leaderboard.md'>Markdown</a>.</p>",
             f"<div class='scroll'>{to_html(frame, names=names, links=links)}</div>"
             if not frame.empty else "<p>No evaluated checkpoints yet.</p>"]
+    body.append(over_seeds_section(frame))
+    body.append(cost_section(frame, [s for s in sweep_costs(tracking_uri)
+                                     if filters.get("sweep") in (None, s["sweep"])]))
     if not flagged.empty:
         body.append("<h2>Integrity flags</h2><ul class='flagged'>" + "".join(
             f"<li>{html.escape(names[str(row['run_id'])])}: {html.escape(row['flags'])}</li>"
             for _, row in flagged.iterrows()) + "</ul>")
     body.append("<h2>Which differences are real? (exact McNemar)</h2>")
     body.append(comparisons(frame, reports, names) if not frame.empty else "<p>No rows.</p>")
+    body.append("<h2>Per class</h2>")
+    body.append(class_html(frame, reports, names) if not frame.empty else "<p>No rows.</p>")
     body.append("<h2>Margins</h2>")
     body += [
         _figure(plots.margin_histograms(margins, "effective_margin",

@@ -16,6 +16,7 @@ Published checkpoints are ``dashboards.artifacts``; the evaluation queue is ``da
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,10 +31,13 @@ from mlflow.entities import Metric, Param, Run, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from dashboards.artifacts import CHECKPOINT_ARTIFACT  # noqa: E402
+from dashboards.cost import Cost, held, total  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
+HELD_SECONDS = "held_seconds"  # a trial's wall seconds over all its attempts
+DEVICE_KIND = "device_kind"  # gpu, cpu (or mixed, for a sum): what a run's device-hours count
 EXPERIMENT_KIND = "mlflow.experimentKind"
 MAX_PARAM_LENGTH = 6000
 
@@ -265,7 +269,46 @@ def search_all(client: MlflowClient, experiment_ids: list[str], filter_string: s
 
 
 def training_seconds(tracking_uri: str, run_id: str,
-                     metrics: tuple[str, ...] = ("train_seconds", "eval_seconds")) -> float:
+                     metrics: tuple[str, ...] = ("train_seconds", "val_eval_seconds")) -> float:
     """Seconds a trial spent training and validating: the sum of its per-epoch timings."""
     client = MlflowClient(tracking_uri)
     return sum(m.value for key in metrics for m in client.get_metric_history(run_id, key))
+
+
+def training_cost(tracking_uri: str, run_id: str) -> tuple[float, Cost]:
+    """A trial's wall seconds and device cost as its run last logged them (``held_seconds``
+    and the :mod:`dashboards.cost` metrics the trainable logs every epoch). A run logged
+    without them counts its per-epoch training and validation seconds on one CPU core."""
+    metrics = MlflowClient(tracking_uri).get_run(run_id).data.metrics
+    cost = Cost.from_metrics(metrics)
+    if cost is not None:
+        return float(metrics.get(HELD_SECONDS, math.nan)), cost
+    seconds = training_seconds(tracking_uri, run_id)
+    return seconds, held(seconds, cpus=1.0, gpus=0.0)
+
+
+def log_sweep_cost(tracking: Tracking, parent_run_id: str, sweep: str) -> Cost:
+    """Sum the device cost of every trial run of ``sweep`` (seed reruns included) onto its
+    parent run: the :meth:`Cost.metrics` and a ``device_kind`` tag; the sum."""
+    runs = search_all(tracking.client, [tracking.experiment_id],
+                      tag_filter({"sweep": sweep, "kind": "trial"}))
+    cost = total(Cost.from_metrics(run.data.metrics) or Cost() for run in runs)
+    stamp = now_ms()
+    tracking.log(parent_run_id, metrics=[Metric(k, v, stamp, 0) for k, v in
+                                         cost.metrics().items()],
+                 tags={DEVICE_KIND: cost.kind, "device_cost": cost.text()})
+    return cost
+
+
+def sweep_costs(tracking_uri: str) -> list[dict[str, Any]]:
+    """Every sweep's parent run that holds a device cost (:func:`log_sweep_cost`), in every
+    experiment: ``sweep``, ``defense``, ``cost`` (a :class:`Cost`) and ``run_id``."""
+    client = MlflowClient(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    found = []
+    for run in search_all(client, experiments, "tags.kind = 'sweep'"):
+        cost = Cost.from_metrics(run.data.metrics)
+        if cost is not None:
+            found.append({"sweep": run.data.tags.get("sweep"), "run_id": run.info.run_id,
+                          "defense": run.data.tags.get("defense"), "cost": cost})
+    return found

@@ -78,21 +78,31 @@ def sweep_spec(spec: SweepSpec, argv: list[str],
 
 
 def summarize(results, wall_seconds: float | None = None) -> dict[str, Any]:
-    """Per-trial outcome, and the sweep's wall time against the trials' own time."""
+    """Per-trial outcome, and the sweep's wall time against the trials' own time; each trial's
+    device cost as its last report gave it (``device_hours`` in ``device_unit``,
+    :mod:`dashboards.cost`) and the sweep's, summed unit by unit (``device_hours``, NaN where
+    GPU-hours and CPU-core-hours meet, ``device_unit``, ``gpu_hours``, ``cpu_hours``)."""
+    from dashboards.cost import Cost, total
     from sweeps.runner import failure_reason
 
-    rows = []
+    rows, costs = [], []
     for result in results:
         metrics = result.metrics or {}
+        cost = Cost.from_metrics(metrics) or Cost()
+        costs.append(cost)
         rows.append({"trial_id": metrics.get("trial_id"),
                      "trial_number": (result.config or {}).get("trial_number"),
                      "epochs": metrics.get("epoch"),
                      "val_clean_accuracy": metrics.get("val_clean_accuracy"),
                      "val_robust_accuracy": metrics.get("val_robust_accuracy"),
                      "seconds": metrics.get("time_total_s"),
+                     "device_hours": cost.device_hours, "device_unit": cost.unit,
                      "error": failure_reason(result.error) if result.error else None})
+    cost = total(costs)
     summary = {"trials": len(rows), "errors": sum(r["error"] is not None for r in rows),
-               "trial_seconds": sum(r["seconds"] or 0.0 for r in rows), "results": rows}
+               "trial_seconds": sum(r["seconds"] or 0.0 for r in rows),
+               "device_unit": cost.unit, **cost.metrics(), "results": rows}
+    summary.setdefault("device_hours", cost.device_hours)
     if wall_seconds is not None:
         summary["wall_seconds"] = wall_seconds
     return summary

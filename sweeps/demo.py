@@ -86,7 +86,9 @@ def run_pool(sweeps: list[str], top_k: int, n_examples: int) -> None:
 
     for sweep in sweeps:
         say(f"evaluation pool on the {top_k} best checkpoints of {sweep}")
+        # full mode: the demo's leaderboard shows every attack's own column
         pool_main(["--sweep", sweep, "--top-k", str(top_k), "--attacks", *POOL_ATTACKS,
+                   "--mode", "full",
                    "--n-examples", str(n_examples), "--shard-size", str(max(1, n_examples // 2)),
                    "--evaluators", "2", "--epsilon-curve", "0.2", "0.3", "--margins",
                    "--settle-seconds", "0.2"])

@@ -100,6 +100,8 @@ class TrialEvents(tune.Callback):
         result = self.last.get(trial.trial_id, trial.last_result or {})
         epoch = int(result.get("epoch", 0) or 0)
         what = (f"finished {epoch} epochs" if epoch >= self.epochs else
+                f"stopped by its patience (no better val robust accuracy) after {epoch} of "
+                f"{self.epochs} epochs" if result.get("stopped_early") else
                 f"stopped early by the scheduler after {epoch} of {self.epochs} epochs")
         self._log("complete", trial, epoch=epoch)
         self.say(f"[{self.sweep}] {self._name(trial)} {what}: val clean "

@@ -4,13 +4,17 @@ Optuna proposes each trial's knobs through the defense's define-by-run ``search_
 (TPE by default, NSGA-II for a clean-vs-robust Pareto sweep, CMA-ES or random on request),
 with the study in an RDB store that optuna-dashboard can read. ASHA stops hopeless trials on
 validation robust accuracy. One MLflow parent run stands for the sweep; each trial logs a child
-run (``trainables.trainable``). ``resume=True`` continues an interrupted sweep in place.
+run (``trainables.trainable``). ``resume=True`` continues an interrupted sweep in place. With
+``rerun_top_k`` the best trials that ran their full budget are then trained again with other
+seeds (the Tune experiment ``<name>-seeds``), their runs tagged ``seed_rerun`` and, like every
+trial's, with their ``config_group``.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -23,6 +27,7 @@ from ray.tune.search import ConcurrencyLimiter
 from dashboards.runs import (
     Tracking,
     flatten,
+    log_sweep_cost,
     search_all,
 )
 from sweeps.environment import code_version, create_sqlite_store, home
@@ -33,11 +38,13 @@ from sweeps.spec import SweepSpec
 from sweeps.storage import optuna_storage
 from trainables.config import merge
 from trainables.defenses import defense_class
+from trainables.recipe_space import with_recipe
 from trainables.trainable import (
     OBJECTIVE,
     TRIAL_NUMBER,
     read_record,
     train_trial,
+    trial_config,
     trial_tracker,
 )
 
@@ -47,9 +54,10 @@ PARETO = ("val_clean_accuracy", "val_robust_accuracy")
 
 
 # -------------------------------------------------------------------- search spaces
-def defense_space(defense: str, trial) -> dict[str, Any]:
-    """The defense's own define-by-run space, returned as TrialConfig overrides."""
-    return {"overrides": defense_class(defense).search_space(trial)}
+def defense_space(defense: str, trial, recipe: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The defense's own define-by-run space, with the training options ``recipe`` searched
+    too (``trainables.recipe_space``), returned as TrialConfig overrides."""
+    return {"overrides": with_recipe(defense_class(defense).search_space, recipe)(trial)}
 
 
 def seeds_only_space(trial) -> dict[str, Any]:
@@ -59,7 +67,8 @@ def seeds_only_space(trial) -> dict[str, Any]:
 
 def build_searcher(spec: SweepSpec, *, adopt_running: bool = False):
     space = (seeds_only_space if spec.seeds_only
-             else functools.partial(defense_space, spec.config.defense))
+             else functools.partial(defense_space, spec.config.defense,
+                                    recipe=spec.search_recipe))
     pareto = spec.sampler == "nsga2"
     searcher = ResumableOptunaSearch(
         space=space,
@@ -98,19 +107,42 @@ def create_stores(spec: SweepSpec) -> None:
     create_sqlite_store(spec.optuna_storage, optuna.storages.RDBStorage)
 
 
-def build_tuner(spec: SweepSpec, *, resume: bool = False) -> tune.Tuner:
-    spec = spec.resolved()
-    create_stores(spec)
-    trainable = tune.with_resources(train_trial, {"cpu": spec.cpus_per_trial,
-                                                  "gpu": spec.gpus_per_trial})
-    experiment_dir = f"{spec.storage_path.rstrip('/')}/{spec.name}"  # a path or a URI
-    param_space = {
-        "base": merge({"margin_every": max(1, spec.config.epochs // 10)},
-                      merge(spec.base, {"eval_every": 1})),
+def trainable_of(spec: SweepSpec):
+    return tune.with_resources(train_trial, {"cpu": spec.cpus_per_trial,
+                                             "gpu": spec.gpus_per_trial})
+
+
+def sweep_space(spec: SweepSpec) -> dict[str, Any]:
+    """What every trial of the (resolved) sweep gets: its base config and tracking settings."""
+    return {
+        # validation by the signal that ranks trials as AutoAttack ranks their checkpoints
+        # (benchmarks/proxy_fidelity.py): best-iterate PGD on the CW margin, unless the base
+        # says otherwise
+        "base": merge({"margin_every": max(1, spec.config.epochs // 10), "eval_loss": "cw",
+                       "eval_keep": "best"}, merge(spec.base, {"eval_every": 1})),
         "sweep": {"name": spec.name, "tracking_uri": spec.tracking_uri,
                   "experiment": spec.experiment, "artifact_location": spec.artifact_location,
                   "parent_run_id": parent_run(spec), "code_version": code_version()},
     }
+
+
+def run_config(spec: SweepSpec, name: str) -> tune.RunConfig:
+    """The Tune experiment ``name`` of the (resolved) sweep: storage, retries, trial events."""
+    return tune.RunConfig(
+        name=name, storage_path=spec.storage_path,
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        verbose=0,  # one line per trial event instead (sweeps.progress)
+        callbacks=[TrialEvents(name, events_log(spec), spec.config.epochs)],
+    )
+
+
+def build_tuner(spec: SweepSpec, *, resume: bool = False) -> tune.Tuner:
+    spec = spec.resolved()
+    create_stores(spec)
+    trainable = trainable_of(spec)
+    experiment_dir = f"{spec.storage_path.rstrip('/')}/{spec.name}"  # a path or a URI
+    param_space = sweep_space(spec)
     if resume and has_snapshot(experiment_dir):
         return tune.Tuner.restore(experiment_dir, trainable, resume_unfinished=True,
                                   resume_errored=True, param_space=param_space)
@@ -128,13 +160,7 @@ def build_tuner(spec: SweepSpec, *, resume: bool = False) -> tune.Tuner:
         tune_config=tune.TuneConfig(search_alg=build_searcher(spec, adopt_running=resume),
                                     scheduler=scheduler,
                                     num_samples=spec.num_samples, reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=spec.name, storage_path=spec.storage_path,
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            verbose=0,  # one line per trial event instead (sweeps.progress)
-            callbacks=[TrialEvents(spec.name, events_log(spec), spec.config.epochs)],
-        ),
+        run_config=run_config(spec, spec.name),
     )
 
 
@@ -158,7 +184,7 @@ def trial_identity(result: tune.Result) -> dict[str, str] | None:
     return {"trial_id": trial_id} if trial_id else None
 
 
-def close_runs(spec: SweepSpec, results: tune.ResultGrid) -> None:
+def close_runs(spec: SweepSpec, results: tune.ResultGrid, *, reruns: bool = False) -> None:
     """Reconcile MLflow with Ray's durable results, then give every run its final status.
 
     Each trial's history is re-sent from its last checkpoint (idempotent), so what a tracking
@@ -167,7 +193,10 @@ def close_runs(spec: SweepSpec, results: tune.ResultGrid) -> None:
     scheduler stopped early (KILLED, tagged ``stopped_early``) and failed ones (FAILED, with
     the reason). Runs of trials no longer in the sweep, and Optuna trials still RUNNING, are
     closed as lost (:func:`close_orphans`); after a resume there are none, since new trials take
-    over what the killed driver had started (``sweeps.resume``).
+    over what the killed driver had started (``sweeps.resume``). ``reruns``: the results are
+    the sweep's seed reruns, and only runs of seed reruns can be their orphans (and only others
+    those of the search). The parent run then gets the device cost of all the sweep's trials
+    (``dashboards.runs.log_sweep_cost``).
     """
     spec = spec.resolved()
     tracking = Tracking(spec.tracking_uri, spec.experiment, spec.artifact_location)
@@ -193,16 +222,18 @@ def close_runs(spec: SweepSpec, results: tune.ResultGrid) -> None:
         else:
             tracking.log(run_id, tags={"stopped_early": "true"})
             tracking.set_terminated(run_id, "KILLED")
-    close_orphans(spec, tracking, known)
+    close_orphans(spec, tracking, known, reruns=reruns)
     parent = tracking.find_run({"sweep": spec.name, "kind": "sweep"})
     if parent:
+        log_sweep_cost(tracking, parent, spec.name)  # every trial's device-hours, summed
         tracking.set_terminated(parent, "FINISHED")
 
 
 ORPHANED = "started before the driver stopped, not in Ray Tune's saved state; replaced on resume"
 
 
-def close_orphans(spec: SweepSpec, tracking: Tracking, known: list[dict[str, str]]) -> None:
+def close_orphans(spec: SweepSpec, tracking: Tracking, known: list[dict[str, str]], *,
+                  reruns: bool = False) -> None:
     """After a sweep ends: unfinished trial runs that are none of the sweep's trials (``known``
     identities), and Optuna trials still RUNNING (none can be, once the Tuner has returned),
     are closed as lost."""
@@ -211,7 +242,8 @@ def close_orphans(spec: SweepSpec, tracking: Tracking, known: list[dict[str, str
     for run in runs:
         tags = run.data.tags
         ours = any(all(tags.get(k) == v for k, v in identity.items()) for identity in known)
-        if not ours and run.info.status == "RUNNING":
+        phase = (tags.get(SEED_RERUN_TAG) == "true") == reruns
+        if not ours and phase and run.info.status == "RUNNING":
             tracking.log(run.info.run_id, tags={"orphaned": ORPHANED})
             tracking.set_terminated(run.info.run_id, "KILLED")
     try:
@@ -223,24 +255,100 @@ def close_orphans(spec: SweepSpec, tracking: Tracking, known: list[dict[str, str
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
+# -------------------------------------------------------------------- seed reruns
+SEED_RERUN_TAG = "seed_rerun"  # "true" on the runs of a sweep's seed reruns
+RERUNS = "seeds"  # a sweep's seed reruns are the Tune experiment <name>-seeds
+
+
+def ran_to_the_end(spec: SweepSpec, result: tune.Result) -> bool:
+    """Whether the trial ran its full budget without error, with a finite objective."""
+    metrics = result.metrics or {}
+    value = metrics.get(OBJECTIVE)
+    return (result.error is None and int(metrics.get("epoch") or 0) >= spec.config.epochs
+            and isinstance(value, int | float) and math.isfinite(value))
+
+
+def best_finished(spec: SweepSpec, results, k: int) -> list[tune.Result]:
+    """The ``k`` trials that ran to the end with the highest objective (the validation robust
+    accuracy they last reported, as the search saw it), best first."""
+    done = [result for result in results if ran_to_the_end(spec, result)]
+    return sorted(done, key=lambda result: result.metrics[OBJECTIVE], reverse=True)[:k]
+
+
+def rerun_overrides(spec: SweepSpec, results) -> list[dict[str, Any]]:
+    """The overrides of every seed rerun: for each of the best ``rerun_top_k`` trials, its own
+    overrides with seed s+1, …, s+n-1 (s its own seed, n ``rerun_seeds``)."""
+    reruns = []
+    for result in best_finished(spec, results, spec.rerun_top_k):
+        overrides = result.config.get("overrides") or {}
+        seed = trial_config(result.config).seed
+        reruns += [merge(overrides, {"seed": seed + i}) for i in range(1, spec.rerun_seeds)]
+    return reruns
+
+
+def build_rerun_tuner(spec: SweepSpec, overrides: list[dict[str, Any]], *,
+                      resume: bool = False) -> tune.Tuner:
+    """One trial per entry of ``overrides``, each to its full budget (no search, no early
+    stopping), tagged as a seed rerun."""
+    spec = spec.resolved()
+    name = f"{spec.name}-{RERUNS}"
+    experiment_dir = f"{spec.storage_path.rstrip('/')}/{name}"
+    param_space = {**sweep_space(spec), "overrides": tune.grid_search(overrides),
+                   "tags": {SEED_RERUN_TAG: "true"}}
+    if resume and has_snapshot(experiment_dir):
+        return tune.Tuner.restore(experiment_dir, trainable_of(spec), resume_unfinished=True,
+                                  resume_errored=True, param_space=param_space)
+    return tune.Tuner(
+        trainable_of(spec), param_space=param_space,
+        tune_config=tune.TuneConfig(scheduler=ResumableFIFO(), num_samples=1,
+                                    max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
+        run_config=run_config(spec, name))
+
+
+def rerun_seeds(spec: SweepSpec, results, *, resume: bool = False,
+                tracking_patience_s: float = 600.0) -> list[tune.Result]:
+    """Train the best ``rerun_top_k`` configurations of ``results`` with their further seeds
+    and reconcile MLflow with their results (none when ``rerun_top_k`` is 0)."""
+    overrides = rerun_overrides(spec, results)
+    if not overrides:
+        return []
+    print(f"sweep {spec.name}: the best {len(overrides) // (spec.rerun_seeds - 1)} "
+          f"configuration(s) again with {spec.rerun_seeds - 1} more seed(s) each, "
+          f"{len(overrides)} trials", file=sys.stderr)
+    with tune_output_to(events_log(spec)):
+        reruns = build_rerun_tuner(spec, overrides, resume=resume).fit()
+    reconcile(spec, reruns, tracking_patience_s, reruns=True)
+    return list(reruns)
+
+
+def reconcile(spec: SweepSpec, results, tracking_patience_s: float, *,
+              reruns: bool = False) -> None:
+    """:func:`close_runs`, waiting up to ``tracking_patience_s`` for a tracking server that
+    is down."""
+    deadline = time.monotonic() + tracking_patience_s
+    while True:
+        try:
+            close_runs(spec, results, reruns=reruns)
+            return
+        except Exception as error:  # the results are safe in Ray's storage
+            if time.monotonic() > deadline:
+                log.warning("could not reconcile MLflow (%s); rerun with --resume to retry",
+                            error)
+                return
+            log.warning("tracking unavailable (%s); retrying", error.__class__.__name__)
+            time.sleep(10)
+
+
 def run_sweep(spec: SweepSpec, *, resume: bool = False,
-              tracking_patience_s: float = 600.0) -> tune.ResultGrid:
+              tracking_patience_s: float = 600.0) -> list[tune.Result]:
     """Run (or resume) the sweep, then reconcile MLflow with the results, waiting up to
-    ``tracking_patience_s`` for a tracking server that is down."""
+    ``tracking_patience_s`` for a tracking server that is down; then the seed reruns
+    (``rerun_top_k``), alike. Every trial's result, the search's first."""
     print(f"sweep {spec.name}: {spec.num_samples} trials of {spec.config.epochs} epochs; every "
           f"result in {events_log(spec)}", file=sys.stderr)
     with tune_output_to(events_log(spec)):
         results = build_tuner(spec, resume=resume).fit()
     print(f"sweep {spec.name}: {len(results)} trials ended; reconciling MLflow", file=sys.stderr)
-    deadline = time.monotonic() + tracking_patience_s
-    while True:
-        try:
-            close_runs(spec, results)
-            return results
-        except Exception as error:  # the results are safe in Ray's storage
-            if time.monotonic() > deadline:
-                log.warning("could not reconcile MLflow (%s); rerun with --resume to retry",
-                            error)
-                return results
-            log.warning("tracking unavailable (%s); retrying", error.__class__.__name__)
-            time.sleep(10)
+    reconcile(spec, results, tracking_patience_s)
+    return list(results) + rerun_seeds(spec, results, resume=resume,
+                                       tracking_patience_s=tracking_patience_s)

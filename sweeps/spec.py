@@ -34,8 +34,19 @@ class SweepSpec:
     max_concurrent: Annotated[int, _alias("--concurrency")] = 2  # trials running at once
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # fractions share a GPU
-    sampler: str = "tpe"  # Optuna sampler (sweeps.samplers: tpe, random, cmaes, nsga2)
+    # Optuna sampler: tpe (random for a quarter of the budget, 2-10 trials, then TPE), random,
+    # cmaes, nsga2 (clean-vs-robust Pareto front; population a quarter of the budget, 4-50)
+    sampler: str = "tpe"
     seeds_only: bool = False  # repeat the base config over seeds instead of searching
+    # training options searched beside the defense's knobs (trainables.recipe_space: lr,
+    # ema_decay, label_smoothing, attack_bn_mode, grad_clip)
+    search_recipe: tuple[str, ...] = ()
+    # after the search: rerun the best k trials that ran their full budget (by the objective,
+    # validation robust accuracy) over more seeds (0: none)
+    rerun_top_k: int = 0
+    # seeds per rerun configuration, its original trial's included: seed s of the original, then
+    # s+1, …, s+n-1 in new trials (MLflow tags config_group, seed_rerun=true)
+    rerun_seeds: int = 3
     early_stopping: bool = True  # ASHA on validation robust accuracy
     grace_period: int = 1  # ASHA: epochs before a trial may be stopped
     reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
@@ -59,10 +70,27 @@ class SweepSpec:
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         lowest = {"num_samples": 1, "max_concurrent": 1, "grace_period": 1,
-                  "reduction_factor": 2, "max_failures": -1, "gpus_per_trial": 0}
+                  "reduction_factor": 2, "max_failures": -1, "gpus_per_trial": 0,
+                  "rerun_top_k": 0, "rerun_seeds": 2}
         for name, low in lowest.items():
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.rerun_top_k > self.num_samples:
+            raise ConfigError(f"rerun_top_k must be <= num_samples ({self.num_samples}), got "
+                              f"{self.rerun_top_k}")
+        if self.rerun_top_k and self.seeds_only:
+            raise ConfigError("rerun_top_k needs a search: a seeds_only sweep already repeats "
+                              "its one configuration over seeds")
+        if self.search_recipe:
+            from trainables.recipe_space import check_recipe
+
+            if self.seeds_only:
+                raise ConfigError("search_recipe needs a search: a seeds_only sweep varies "
+                                  "only the seed")
+            try:
+                check_recipe(self.search_recipe)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
         if not self.cpus_per_trial > 0:
             raise ConfigError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
 
@@ -72,8 +100,10 @@ class SweepSpec:
         config = self.config
         if not self.seeds_only:
             from trainables.defenses import defense_class
+            from trainables.recipe_space import with_recipe
 
-            check_search_space(self.base, defense_class(config.defense).search_space,
+            check_search_space(self.base, with_recipe(defense_class(config.defense).search_space,
+                                                      self.search_recipe),
                                f"defense {config.defense!r}")
         return self
 

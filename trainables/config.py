@@ -20,7 +20,10 @@ if TYPE_CHECKING:  # torch loads when a config is checked, not when its fields a
     from trainables.data import DatasetInfo
     from trainables.defenses import AttackSettings
 
-SCHEDULES = ("piecewise", "cosine", "constant")
+SCHEDULES = ("piecewise", "cosine", "constant", "cyclic")  # trainables.schedules
+OPTIMIZERS = ("sgd", "adamw")  # trainables.optimizers
+AUGMENTATIONS = ("none", "crop_flip", "crop", "flip")  # trainables.data
+BATCHNORM_MODES = ("eval", "train")
 # The longest attack step, as a multiple of the radius (see the threat-model fields' comment).
 MAX_STEP_RATIO = 2.5
 DEVICES = ("auto", "cpu", "cuda")
@@ -49,13 +52,27 @@ class TrialConfig:
     attack_random_start: str | None = None  # uniform, gaussian or none (None: the defense's)
     epochs: int = 1  # >= 1
     batch_size: int = 128  # >= 1
-    lr: float = 0.1  # initial learning rate (SGD), > 0
-    momentum: float = 0.9  # in [0, 1)
-    nesterov: bool = False
-    weight_decay: float = 5e-4  # >= 0
-    schedule: str = "piecewise"  # learning-rate schedule: piecewise, cosine or constant
+    optimizer: str = "sgd"  # sgd or adamw
+    lr: float = 0.1  # initial (cyclic: peak) learning rate, > 0
+    momentum: float = 0.9  # SGD, in [0, 1)
+    nesterov: bool = False  # SGD, needs momentum > 0
+    adam_beta2: float = 0.999  # AdamW's second-moment decay, in (0, 1)
+    weight_decay: float = 5e-4  # >= 0 (SGD: L2 in the gradient; AdamW: decoupled)
+    grad_clip: float | None = None  # clip the gradients' global L2 norm to this, > 0
+    schedule: str = "piecewise"  # learning rate: piecewise, cosine, constant or cyclic
     lr_milestones: list[int] = field(default_factory=list)  # epochs where lr is multiplied
     lr_gamma: float = 0.1  # the factor at each milestone, in (0, 1]
+    cyclic_peak: float = 0.5  # cyclic: where lr peaks, a fraction of the run in (0, 1)
+    warmup_epochs: float = 0.0  # linear warm-up of any schedule, in [0, epochs] (0: none)
+    # weight averaging (at most one): an EMA updated every step, or SWA every epoch
+    ema_decay: float = 0.0  # EMA of the weights, in [0, 1) (0: off; 0.999 is usual)
+    ema_warmup: bool = True  # the n-th EMA update decays by min(ema_decay, (1+n)/(10+n))
+    swa_start: int | None = None  # SWA: average at the end of each epoch after this many
+    average_for_eval: bool = True  # validate, pick the best and publish the averaged weights
+    patience: int = 0  # stop when val robust accuracy has not risen for n epochs (0: never)
+    augmentation: str | None = None  # none, crop_flip, crop or flip (None: the dataset's)
+    label_smoothing: float = 0.0  # on the label cross-entropy terms, in [0, 1)
+    attack_bn_mode: str = "eval"  # BatchNorm during the training attack: eval or train
     # Split sizes are checked against the dataset's own (its registered train and test sizes,
     # known without loading it): a subset larger than its split is refused, not silently cut.
     train_subset: int | None = None  # first n training images, in [1, train size - val_size]
@@ -65,6 +82,8 @@ class TrialConfig:
     split_seed: int = 0  # seed of the train / validation split
     data_root: str | None = None  # dataset directory (default: the data cache)
     eval_steps: int = 20  # PGD-k on the validation and test splits
+    eval_loss: str = "ce"  # the validation PGD's loss: ce or cw (sweeps: cw)
+    eval_keep: str = "last"  # the validation PGD's point: last iterate or best (sweeps: best)
     eval_step_size: float | None = None  # in (0, 2.5·epsilon] (None: attack_step_size)
     eval_every: int = 1  # validate every n epochs
     margin_every: int = 0  # effective margin (EMR Eq. 3) on validation every n epochs; 0: never
@@ -72,6 +91,9 @@ class TrialConfig:
     seed: int = 0
     device: str = "auto"  # auto, cpu or cuda
     bf16: bool = False  # bfloat16 autocast on CUDA
+    fp16: bool = False  # float16 autocast with a gradient scaler on CUDA
+    channels_last: bool = False  # NHWC memory format for the model and its inputs
+    compile: bool = False  # torch.compile the model for training and validation
     num_threads: int | None = None  # torch CPU threads
     output_dir: str = "runs"  # where runs keep their checkpoints
 
@@ -124,10 +146,17 @@ class TrialConfig:
         _choice("defense", self.defense, list_defenses())
         _choice("norm", self.norm, NORMS)
         _choice("schedule", self.schedule, SCHEDULES)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("attack_bn_mode", self.attack_bn_mode, BATCHNORM_MODES)
+        _choice("eval_loss", self.eval_loss, ("ce", "cw"))
+        _choice("eval_keep", self.eval_keep, ("last", "best"))
+        if self.augmentation is not None:
+            _choice("augmentation", self.augmentation, AUGMENTATIONS)
         _choice("device", self.device, DEVICES)
         for name in ("epochs", "batch_size", "eval_every"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("attack_steps", "eval_steps", "split_seed", "seed", "margin_every"):
+        for name in ("attack_steps", "eval_steps", "split_seed", "seed", "margin_every",
+                     "patience"):
             _at_least(name, getattr(self, name), 0)
         for name in ("train_subset", "val_subset", "test_subset", "num_threads", "margin_subset"):
             if getattr(self, name) is not None:
@@ -144,6 +173,7 @@ class TrialConfig:
                 self.lr_milestones):
             raise ConfigError(f"lr_milestones must be increasing epochs >= 1, "
                               f"got {self.lr_milestones}")
+        self._validate_recipe()
         if self.attack_random_start not in (None, "uniform", "gaussian", "none"):
             raise ConfigError("attack_random_start must be one of uniform, gaussian, none")
         self._validate_threat_model()
@@ -152,6 +182,50 @@ class TrialConfig:
             self.build_defense()
         except ValueError as error:
             raise ConfigError(f"defense_params: {error}") from error
+
+    def _validate_recipe(self) -> None:
+        """Optimiser, schedule, weight averaging and precision options, each in its range and
+        none contradicting another."""
+        ranges = (("adam_beta2", 0, 1, False), ("cyclic_peak", 0, 1, False),
+                  ("ema_decay", 0, 1, True), ("label_smoothing", 0, 1, True))
+        for name, low, high, closed in ranges:
+            value = getattr(self, name)
+            if not (low <= value < high if closed else low < value < high):
+                raise ConfigError(f"{name} must lie in {'[' if closed else '('}{low}, {high}), "
+                                  f"got {value}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ConfigError(f"warmup_epochs must lie in [0, epochs={self.epochs}], "
+                              f"got {self.warmup_epochs}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"grad_clip must be > 0 (or null: no clipping), got "
+                              f"{self.grad_clip}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ConfigError("nesterov needs optimizer sgd with momentum > 0, got "
+                              f"optimizer {self.optimizer}, momentum {self.momentum}")
+        if self.swa_start is not None and not 0 <= self.swa_start < self.epochs:
+            raise ConfigError(f"swa_start must lie in [0, epochs - 1 = {self.epochs - 1}] "
+                              f"(epochs trained before averaging starts), got {self.swa_start}")
+        if self.swa_start is not None and self.ema_decay > 0:
+            raise ConfigError("ema_decay and swa_start exclude each other: average the weights "
+                              "one way")
+        if self.bf16 and self.fp16:
+            raise ConfigError("bf16 and fp16 exclude each other: pick one autocast precision")
+        if self.label_smoothing > 0:
+            from trainables.defenses import defense_class
+
+            if not defense_class(self.defense).smooths_labels(self.defense_params):
+                raise ConfigError(
+                    f"label_smoothing applies to defenses whose label cross-entropy terms "
+                    f"take it (standard, pgd_at, trades, alp, fast_at, free_at and HE/EMR/IGR "
+                    f"on them); {self.defense} with {self.defense_params or 'its defaults'} "
+                    f"computes its own")
+
+    @property
+    def averaging(self) -> str | None:
+        """The weight averaging this run keeps: "ema", "swa" or None."""
+        if self.ema_decay > 0:
+            return "ema"
+        return "swa" if self.swa_start is not None else None
 
     def _validate_threat_model(self) -> None:
         """ε inside the image cube's own extent; steps in (0, MAX_STEP_RATIO·ε]."""
@@ -226,7 +300,8 @@ class TrialConfig:
     def build_defense(self):
         from trainables.defenses import create_defense
 
-        return create_defense(self.defense, attack=self.attack_settings(), **self.defense_params)
+        return create_defense(self.defense, attack=self.attack_settings(),
+                              label_smoothing=self.label_smoothing, **self.defense_params)
 
     def resolved(self) -> TrialConfig:
         """The same run with every default spelled out (threat model, defense knobs)."""

@@ -63,7 +63,7 @@ class DatasetInfo:
     default_val_size: int
     train_size: int  # images in the official training split (known without loading it)
     test_size: int  # images in the official test split
-    augment: bool  # random crop + flip by default on the training split
+    augment: bool  # random crop + flip by default on the training split (else none)
     provision: Callable[[Path], RawData]
     epsilon: float  # default L∞ budget (0.1 MNIST, EMR Table 1; 8/255 colour images)
     step_size: float  # default training PGD step
@@ -224,9 +224,14 @@ class ArrayDataset(torch.utils.data.Dataset):
     """In-memory split: yields (image float [0,1], label, example id)."""
 
     def __init__(self, info: DatasetInfo, images: torch.Tensor, labels: torch.Tensor,
-                 ids: torch.Tensor, *, augment: bool, checksum: str) -> None:
+                 ids: torch.Tensor, *, augment: bool | str, checksum: str) -> None:
         self.info, self.images, self.labels, self.ids = info, images, labels, ids
-        self.augment, self.checksum = augment, checksum
+        self.augmentation = augmentation_name(augment)
+        self.checksum = checksum
+
+    @property
+    def augment(self) -> bool:
+        return self.augmentation != "none"
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -249,13 +254,14 @@ def split_indices(n_train: int, val_size: int, split_seed: int) -> tuple[torch.T
 
 def load_dataset(name: str, split: str, *, root: str | os.PathLike | None = None,
                  val_size: int | None = None, subset: int | None = None, split_seed: int = 0,
-                 augment: bool | None = None) -> ArrayDataset:
+                 augment: bool | str | None = None) -> ArrayDataset:
     """One split of a registered dataset.
 
     ``split`` is ``train`` / ``val`` (a seeded hold-out of the official training set, ``val_size``
     images, the dataset's default if None), ``train_full`` (the whole official training set) or
     ``test``. ``subset`` keeps a seeded random ``subset`` examples of the split. ``augment``
-    defaults to the dataset's setting on ``train``/``train_full`` and is off elsewhere.
+    (a name in :data:`AUGMENTATIONS`, or True for crop + flip) defaults to the dataset's setting
+    on ``train``/``train_full`` and is off elsewhere.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
@@ -284,8 +290,8 @@ def load_dataset(name: str, split: str, *, root: str | os.PathLike | None = None
 
 
 # --------------------------------------------------------------------------- batches
-def augment_batch(images: torch.Tensor, generator: torch.Generator, padding: int = 4):
-    """Random crop with zero padding and random horizontal flip, per example, batched."""
+def random_crop(images: torch.Tensor, generator: torch.Generator, padding: int = 4):
+    """Random crop with zero padding (a shift of up to ``padding`` pixels), per example."""
     n, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (padding,) * 4)
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
@@ -294,10 +300,39 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator, padding: int
     cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
     batch = torch.arange(n)[:, None, None, None]
     channel = torch.arange(images.shape[1])[None, :, None, None]
-    cropped = padded[batch, channel, rows, cols]
-    flip = torch.rand(n, generator=generator) < 0.5
-    cropped[flip] = cropped[flip].flip(-1)
-    return cropped
+    return padded[batch, channel, rows, cols]
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip, per example."""
+    flip = torch.rand(len(images), generator=generator) < 0.5
+    images[flip] = images[flip].flip(-1)
+    return images
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator, padding: int = 4):
+    """Random crop with zero padding and random horizontal flip, per example, batched."""
+    return random_flip(random_crop(images, generator, padding), generator)
+
+
+# augmentations by name: (images, generator) -> images. crop_flip is the CIFAR recipe (pad 4,
+# Madry et al. 2018; Rice et al. 2020); crop shifts by up to 2 pixels without flipping, for
+# digits and glyphs (a flipped digit is another digit or none)
+AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None] = {
+    "none": None,
+    "crop_flip": augment_batch,
+    "crop": lambda images, generator: random_crop(images, generator, padding=2),
+    "flip": random_flip,
+}
+
+
+def augmentation_name(augment: bool | str) -> str:
+    """A registered augmentation's name from a name or a flag (True: crop_flip)."""
+    if isinstance(augment, bool):
+        return "crop_flip" if augment else "none"
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {list(AUGMENTATIONS)}, got {augment!r}")
+    return augment
 
 
 def iterate_batches(dataset: ArrayDataset, batch_size: int, *, shuffle: bool = False,
@@ -311,6 +346,7 @@ def iterate_batches(dataset: ArrayDataset, batch_size: int, *, shuffle: bool = F
     for start in range(0, stop, batch_size):
         index = order[start:start + batch_size]
         images = dataset.images[index].float().div_(255.0)
-        if dataset.augment:
-            images = augment_batch(images, generator)
+        transform = AUGMENTATIONS[dataset.augmentation]
+        if transform is not None:
+            images = transform(images, generator)
         yield images, dataset.labels[index], dataset.ids[index]

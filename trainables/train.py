@@ -129,7 +129,7 @@ def train(run: TrainingRun, checkpoint: Path, *, quiet: bool = False) -> dict:
         metrics = run.run_epoch(advance)
         bar.close()
         history.append(metrics)
-        save_checkpoint(checkpoint, model=run.model, config=cfg,
+        save_checkpoint(checkpoint, model=run.published_model, config=cfg,
                         metrics={**metrics, "history": history},
                         training_state=run.state_dict())
         val = (f" val clean {metrics['val_clean_accuracy']:.4f} "
@@ -143,7 +143,7 @@ def train(run: TrainingRun, checkpoint: Path, *, quiet: bool = False) -> dict:
              "robust_attack": f"pgd-{cfg.eval_steps}", "test_examples": test["n"],
              "epochs": run.epoch, "seconds_per_epoch": [m["train_seconds"] for m in history],
              "history": history, "checkpoint": str(checkpoint.resolve())}
-    save_checkpoint(checkpoint, model=run.model, config=cfg, metrics=final,
+    save_checkpoint(checkpoint, model=run.published_model, config=cfg, metrics=final,
                     training_state=run.state_dict())
     log(f"test clean {final['clean_accuracy']:.4f} PGD-{cfg.eval_steps} "
         f"{final['robust_accuracy']:.4f} ({test['n']} images); checkpoint {checkpoint}")

@@ -110,7 +110,7 @@ class Cluster:
                 "--leaderboard", leaderboard, "--pool-id", pool_id,
                 "--state-dir", str(self.root / state), "--attacks", *attacks,
                 "--n-examples", "64", "--shard-size", "16", "--settle-seconds", "2",
-                "--evaluators", "1"]
+                "--evaluators", "1", "--mode", "full"]  # (shard, attack) units, as counted
         return self.hosts[host].spawn(args, log, env={**s.client_env, "OMP_NUM_THREADS": "1"})
 
     def trial_nodes(self, name: str) -> set[str]:

@@ -15,6 +15,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from attacks.evaluate import evaluate_model
+from dashboards.cost import held
 from dashboards.queue import STATUS_TAG
 from dashboards.runs import TrialTracker, now_ms
 from trainables.checkpoints import save_checkpoint
@@ -36,7 +37,12 @@ def publish(store: dict, model, *, trial: str, score: float, corrupt: bool = Fal
     tracker = TrialTracker(store["uri"], "sweeps", "s1", trial, None, config.to_dict(),
                            tags={"defense": "standard", "dataset": "mnist", "model": "mlp"},
                            artifact_location=store["artifacts"])
-    tracker.publish([{"epoch": 1, "timestamp": now_ms(), "val_robust_accuracy": score}], folder,
+    # the epoch as the trainable logs it: its timings and what the trial has held so far
+    held_seconds = 7.5
+    tracker.publish([{"epoch": 1, "timestamp": now_ms(), "val_robust_accuracy": score,
+                      "train_seconds": 5.0, "val_eval_seconds": 2.0,
+                      "held_seconds": held_seconds,
+                      **held(held_seconds, cpus=1.0, gpus=0.0).metrics()}], folder,
                     tags={STATUS_TAG: "pending", "best_val_robust_accuracy": str(score)})
     return tracker.run_id
 
@@ -48,11 +54,13 @@ def store(tmp_path):
             "artifacts": (root / "artifacts").as_uri(), "state": root / "state"}
 
 
-def pool_args(store, *extra: str) -> list[str]:
+def pool_args(store, *extra: str, mode: str = "full") -> list[str]:
+    """The pool's flags; the full mode unless told otherwise (these tests read every
+    attack's own column and count (shard, attack) units)."""
     return ["--tracking-uri", store["uri"], "--experiments", "sweeps",
             "--state-dir", str(store["state"]), "--attacks", *ATTACKS,
             "--n-examples", str(N), "--shard-size", str(SHARD), "--settle-seconds", "0.1",
-            "--leaderboard", "leaderboard", *extra]
+            "--leaderboard", "leaderboard", "--mode", mode, *extra]
 
 
 def leaderboard_runs(store) -> list:
@@ -101,6 +109,23 @@ def test_pool_evaluates_records_and_adds_nothing_on_rerun(ray_cluster, store, tr
     assert row.data.metrics["worst_case_accuracy"] <= \
         row.data.metrics["spsa_samples32_steps3_accuracy"]
     assert row.data.metrics["clean_n"] == N and "clean_ci_low" in row.data.metrics
+    # its device-hours: the trial's (training and validation) plus its evaluation's
+    trained = client.get_run(good).data.metrics["device_hours"]
+    cost = row.data.metrics
+    assert cost["train_device_hours"] == pytest.approx(trained) and trained >= 7.0 / 3600
+    assert cost["evaluation_device_hours"] >= \
+        (float(row.data.tags["evaluation_seconds"]) - 0.05) / 3600 > 0
+    assert cost["device_hours"] == pytest.approx(
+        cost["train_device_hours"] + cost["evaluation_device_hours"])
+    assert row.data.tags["device_kind"] == "cpu"
+    # the points' labels travel with the record: its classes add up to the whole
+    assert document["labels"] == y.tolist()
+    assert sum(c["n"] for c in document["per_class"]) == N
+    assert sum(c["worst_case_correct"] for c in document["per_class"]) == \
+        round(row.data.metrics["worst_case_accuracy"] * N)
+    for entry in document["per_class"]:
+        assert row.data.metrics[f"class{entry['label']}_clean_accuracy"] == \
+            entry["clean"]["accuracy"]
     indicators = {i["name"]: i for i in document["indicators"]}
     assert set(indicators) == {"unbounded", "fgsm_beats_pgd", "more_steps", "restarts",
                                "transfer"}
@@ -119,6 +144,49 @@ def test_pool_evaluates_records_and_adds_nothing_on_rerun(ray_cluster, store, tr
     again = main(pool_args(store, "--evaluators", "1"))
     assert again["evaluated"] == 0 and again["units_run"] == 0
     assert len(leaderboard_runs(store)) == 1
+
+
+def test_cascade_pool_writes_the_full_worst_case_and_its_mode(ray_cluster, store, trained_mlp,
+                                                              capsys):
+    from attacks.pool_cli import main
+    from attacks.schema import EvaluationRecord
+
+    publish(store, trained_mlp, trial="good", score=0.6)
+    summary = main(pool_args(store, "--evaluators", "2", mode="cascade"))
+    assert summary["evaluated"] == 1 and summary["units_run"] == 2 + N // SHARD
+    (row,) = leaderboard_runs(store)
+    assert row.data.params["eval_mode"] == "cascade" and row.data.tags["eval_mode"] == "cascade"
+    record = EvaluationRecord.from_dict(json.loads(Path(MlflowClient(store["uri"])
+        .download_artifacts(row.info.run_id, "evaluation/report.json", str(store["root"])))
+        .read_text()))
+    assert record.mode == "cascade"
+
+    # the full evaluation of each shard: the same worst case; the columns that remain are its
+    x, y = (t[:N] for t in _first_test_points())
+    full = [evaluate_model(trained_mlp, x[start:start + SHARD], y[start:start + SHARD],
+                           attacks=ATTACKS, epsilon=0.05, seed=0, checks=False, indicators=None)
+            for start in range(0, N, SHARD)]
+    assert list(record.worst_case) == torch.cat([r.worst_case for r in full]).tolist()
+    assert row.data.metrics["worst_case_accuracy"] == record.worst_case_accuracy.accuracy
+    metrics = row.data.metrics
+    for label in ATTACKS:
+        attack = record.attack(label)
+        assert metrics[f"{attack.column}_attacked"] == attack.attacked
+        assert metrics[f"{attack.column}_broken"] == attack.broken
+        if record.complete(attack):
+            own = torch.cat([r.attacks[label].robust & r.clean for r in full])
+            assert metrics[f"{attack.column}_accuracy"] == pytest.approx(own.float().mean())
+    # SPSA skipped the points PGD broke: no column of its own
+    assert metrics["spsa_samples32_steps3_attacked"] < metrics["clean_accuracy"] * N
+    assert "spsa_samples32_steps3_accuracy" not in metrics
+    assert "pgd10_ce_accuracy" in metrics and "square_queries100_accuracy" in metrics
+
+    from attacks.verify_cli import main as verify
+
+    assert verify([row.info.run_id[:8], "--tracking-uri", store["uri"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ok"]
+    again = main(pool_args(store, "--evaluators", "1", mode="cascade"))
+    assert again["evaluated"] == 0 and again["units_run"] == 0
 
 
 def _first_test_points():
@@ -175,8 +243,11 @@ def test_killed_pool_resumes_without_redoing_units(ray_cluster, store, trained_m
     publish(fresh, trained_mlp, trial="only", score=0.5)
     main([*pool_args(fresh), "--attacks", *SLOW_ATTACKS, "--shard-size", "16"])
     (clean,) = leaderboard_runs(fresh)
-    numbers = {k: v for k, v in killed[0].data.metrics.items() if not k.endswith("_seconds")}
-    assert numbers == {k: v for k, v in clean.data.metrics.items() if not k.endswith("_seconds")}
+    def measured(run) -> dict[str, float]:  # every metric but the clocks and the costs
+        return {k: v for k, v in run.data.metrics.items()
+                if not k.endswith(("_seconds", "_hours", "_per_device_hour"))}
+
+    assert measured(killed[0]) == measured(clean)
 
 
 def test_watch_mode_picks_up_checkpoints_published_later(store, trained_mlp, tmp_path):

@@ -40,6 +40,12 @@ def test_smoke_sweep_end_to_end(ray_cluster, sweep_home, capfd):
     parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
     children = [r for r in runs if r.data.tags.get("kind") == "trial"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    # the sweep's cost: all its trials', early stopped ones included
+    assert parents[0].data.tags["device_kind"] == "cpu"
+    assert parents[0].data.metrics["device_hours"] == pytest.approx(
+        sum(r.data.metrics["device_hours"] for r in runs if r.data.tags.get("kind") == "trial"))
+    assert summary["device_unit"] == "CPU-core-h"
+    assert summary["device_hours"] == pytest.approx(parents[0].data.metrics["device_hours"])
     assert len(children) == trials
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     trial_ids = {r["trial_id"] for r in summary["results"]}
@@ -49,7 +55,15 @@ def test_smoke_sweep_end_to_end(ray_cluster, sweep_home, capfd):
         reported = next(r for r in summary["results"] if r["trial_id"] == run.data.tags["trial_id"])
         assert len(history) == reported["epochs"]
         assert run.data.params["defense"] == "trades"
+        # validated as the sweeps validate: best-iterate PGD on the CW margin
+        assert (run.data.params["eval_loss"], run.data.params["eval_keep"]) == ("cw", "best")
         assert {"data_checksum", "code_version", "dataset", "model"} <= set(run.data.tags)
+        # the trial paid for every second it held its CPU core, validation included
+        timed = sum(m.value for key in ("train_seconds", "val_eval_seconds")
+                    for m in client.get_metric_history(run.info.run_id, key))
+        assert run.data.tags["device_kind"] == "cpu" and spec.cpus_per_trial == 1.0
+        assert run.data.metrics["device_hours"] >= timed * spec.cpus_per_trial / 3600 > 0
+        assert run.data.metrics["held_seconds"] >= timed
     finished = [r for r in children if r.info.status == "FINISHED"]
     stopped = [r for r in children if r.info.status == "KILLED"]
     assert finished and stopped and len(finished) + len(stopped) == trials

@@ -47,10 +47,12 @@ def preset(name: str, preset_name: str) -> dict[str, Any]:
     return {"defense": name, **presets[preset_name]}
 
 
-def create_defense(name: str, *, attack: AttackSettings, **params: Any) -> Defense:
+def create_defense(name: str, *, attack: AttackSettings, label_smoothing: float = 0.0,
+                   **params: Any) -> Defense:
     """Build defense ``name`` with validated knobs; fails listing known names / allowed knobs."""
     cls = DEFENSES.get(name)
-    return cls(params=build_params(name, cls.Params, params), attack=attack)
+    return cls(params=build_params(name, cls.Params, params), attack=attack,
+               label_smoothing=label_smoothing)
 
 
 def _import_all() -> None:

@@ -30,6 +30,7 @@ def logit_pairing(logits: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tenso
 
 @register_defense("alp")
 class AdversarialLogitPairing(Defense):
+    label_terms_smoothed = True
     @dataclass(frozen=True)
     class Params:
         lambda_alp: float = knob(0.5, low=0.0, high=100.0,

@@ -145,6 +145,9 @@ class Defense:
     # additive angular margin); None: nothing. Set by the composite, never a knob.
     label_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = field(
         default=None, repr=False, compare=False)
+    # label smoothing of the label cross-entropy terms (Szegedy et al. 2016; for adversarial
+    # training, Pang et al. 2021 "Bag of Tricks", Sec. 4): a TrialConfig option, never a knob
+    label_smoothing: float = 0.0
 
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
@@ -153,6 +156,9 @@ class Defense:
     replays: ClassVar[int] = 1  # iterations per minibatch (free adversarial training: m)
     uses_training_epsilon: ClassVar[bool] = True  # False: the defense sets its own radii (SMD)
     clean_training: ClassVar[bool] = False  # True: no inner maximisation (standard, AMR)
+    # True: every label cross-entropy term goes through ``cross_entropy`` (label smoothing
+    # reaches them all); False: the loss computes its own and refuses label smoothing
+    label_terms_smoothed: ClassVar[bool] = False
 
     # -- inner maximisation ------------------------------------------------------------
     def pgd(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss="ce") -> torch.Tensor:
@@ -170,10 +176,16 @@ class Defense:
     # -- outer minimisation --------------------------------------------------------------
     def cross_entropy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy on the labels, as every loss term on the labels computes it: on
-        ``label_logits(logits, y)`` when a composing defense set that transform."""
+        ``label_logits(logits, y)`` when a composing defense set that transform, against
+        labels smoothed by ``label_smoothing``."""
         if self.label_logits is not None:
             logits = self.label_logits(logits, y)
-        return F.cross_entropy(logits, y)
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+
+    @classmethod
+    def smooths_labels(cls, params: dict[str, Any]) -> bool:
+        """Whether this defense with knobs ``params`` applies ``label_smoothing``."""
+        return cls.label_terms_smoothed
 
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: Any,
              state: Any = None, *, ids: torch.Tensor | None = None) -> StepOutput:

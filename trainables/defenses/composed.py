@@ -94,7 +94,15 @@ class ComposedDefense(Defense):
 
     def build_base(self) -> Defense:
         return _registry().create_defense(getattr(self.params, self.base_knob),
-                                          attack=self.attack, **self.base_params())
+                                          attack=self.attack,
+                                          label_smoothing=self.label_smoothing,
+                                          **self.base_params())
+
+    @classmethod
+    def smooths_labels(cls, params: dict[str, Any]) -> bool:
+        """As the chosen base does (the composite's own terms hold no labels)."""
+        base = params.get(cls.base_knob) or describe_knobs(cls.Params)[cls.base_knob]["default"]
+        return _registry().defense_class(base).smooths_labels(params)
 
     @classmethod
     def suggest_base(cls, trial, bases: Sequence[str] | None = None) -> str:

@@ -8,6 +8,7 @@ from trainables.defenses.base import Defense, StepOutput, accuracy
 
 @register_defense("pgd_at")
 class PGDAdversarialTraining(Defense):
+    label_terms_smoothed = True
     presets = {
         "madry_cifar10": {"weight_decay": 5e-4, "defense_params": {}},
         "emr_mlp_mnist": {"weight_decay": 1e-3, "defense_params": {}},  # EMR Table 1

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from trainables.defenses import register_defense
 from trainables.defenses.base import Defense, StepOutput, accuracy
 
 
 @register_defense("standard")
 class StandardTraining(Defense):
+    label_terms_smoothed = True
     clean_training = True
 
     def perturb(self, model, x, y, state=None, *, ids=None):
@@ -17,6 +16,6 @@ class StandardTraining(Defense):
 
     def step(self, model, x, y, x_adv, state=None, *, ids=None) -> StepOutput:
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = self.cross_entropy(logits, y)
         metrics = {"loss": loss.item(), "train_accuracy": accuracy(logits, y)}
         return StepOutput(loss, metrics, state)

@@ -31,6 +31,7 @@ def kl_attack_loss(model, x: torch.Tensor):
 
 @register_defense("trades")
 class TRADES(Defense):
+    label_terms_smoothed = True
     @dataclass(frozen=True)
     class Params:
         beta: float = knob(6.0, low=0.0, high=100.0, doc="weight of the KL robustness term")
