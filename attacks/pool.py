@@ -17,7 +17,9 @@ checkpoint that cannot be read is marked failed with its reason and the pool goe
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -33,7 +35,7 @@ from attacks.evaluate import needs_eot
 from attacks.indicators import IndicatorSettings, train_surrogate
 from attacks.pool_config import PoolConfig
 from attacks.rows import row_metrics, row_params, row_tags
-from attacks.shards import Plan, Progress, Unit, run_unit
+from attacks.shards import INDICATORS, Plan, Progress, Unit, run_unit
 from attacks.targets import checkpoint_context, load_points, points_checksum
 from attacks.verify import POINTS_FILE, save_points
 from dashboards import artifacts, queue
@@ -41,6 +43,8 @@ from dashboards.cost import HELD, Cost, held, total, unit_cost
 from dashboards.runs import DEVICE_KIND, training_cost
 from sweeps.cluster import connect
 
+# the indicators' share of their cost once their surrogate is trained (the attacks alone)
+SHARED_SURROGATE_SHARE = 0.3
 STARTUP_WAIT_S = 120.0  # how long the pool waits for its evaluators to start before going on
 
 
@@ -68,6 +72,11 @@ class Details:
         self.bar = tqdm(total=total, unit="unit", desc="[pool] units", leave=False,
                         disable=None, file=sys.stderr)
 
+    def grow(self, units: int) -> None:
+        if self.bar is not None:
+            self.bar.total += units
+            self.bar.refresh()
+
     def advance(self) -> None:
         if self.bar is not None:
             self.bar.update(1)
@@ -78,6 +87,46 @@ class Details:
             self.bar = None
 
 
+def warm_imports() -> None:
+    """Import what evaluating a unit needs (the model registry, the defenses, MLflow's client),
+    so that an evaluator pays for it when it starts, not in its first unit."""
+    import mlflow  # noqa: F401
+
+    import trainables.checkpoints  # noqa: F401
+
+
+def shared_surrogate(cache_dir: Path, config, seed: int, device: str) -> torch.nn.Module:
+    """The transfer indicator's surrogate for the checkpoint's architecture, trained once per
+    node: the first evaluator to need it trains it (:func:`train_surrogate`, deterministic in
+    its arguments) and keeps its weights under ``cache_dir`` behind a file lock; the others
+    load them."""
+    from filelock import FileLock
+    from safetensors.torch import load_file, save_file
+
+    from trainables.data import dataset_info
+    from trainables.models import create_model
+
+    key = json.dumps([config.dataset, config.model, config.model_params, seed], sort_keys=True)
+    path = cache_dir / "surrogates" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.st"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        if not path.exists():
+            network = train_surrogate(config.dataset, config.model, config.model_params,
+                                      seed=seed, device=device)
+            staging = path.with_suffix(".tmp")
+            save_file({k: v.detach().cpu().contiguous()
+                       for k, v in network.state_dict().items()}, str(staging))
+            os.replace(staging, path)
+            return network
+        weights = load_file(str(path))
+    info = dataset_info(config.dataset)
+    network = create_model(config.model, num_classes=info.num_classes,
+                           in_channels=info.channels, image_size=info.image_size,
+                           mean=info.mean, std=info.std, **config.model_params)
+    network.load_state_dict(weights)
+    return network.to(device).eval()
+
+
 @ray.remote
 class Evaluator:
     """Loads checkpoints (downloaded from MLflow once per node) and runs units on them."""
@@ -85,6 +134,7 @@ class Evaluator:
     def __init__(self, tracking_uri: str, cache_dir: str, threads: int, device: str,
                  surrogate: str = "train", cpus: float = 1.0, gpus: float = 0.0) -> None:
         torch.set_num_threads(threads)
+        warm_imports()
         self.tracking_uri, self.cache_dir, self.device = tracking_uri, cache_dir, device
         self.surrogate = surrogate
         self.cpus, self.gpus = cpus, gpus  # what Ray reserved for this actor
@@ -116,9 +166,8 @@ class Evaluator:
             if self.surrogate == "none":
                 self.surrogates[key] = None
             elif self.surrogate == "train":
-                self.surrogates[key] = train_surrogate(config.dataset, config.model,
-                                                       config.model_params, seed=seed,
-                                                       device=self.device)
+                self.surrogates[key] = shared_surrogate(Path(self.cache_dir), config, seed,
+                                                        self.device)
             else:
                 path = artifacts.download_checkpoint(self.tracking_uri, self.surrogate,
                                                      self.cache_dir)
@@ -172,11 +221,15 @@ class Pool:
         # start them all at once; a cluster short of resources starts them later, as it can
         ray.wait([actor.ready.remote() for actor in self.evaluators],
                  num_returns=len(self.evaluators), timeout=STARTUP_WAIT_S)
+        self.idle, self.running = deque(self.evaluators), {}
+        self.costs: dict[tuple[int, Unit], float] = {}
+        self.surrogates_trained: set[str] = set()
         self.details = Details(config.state_dir / "pool.log")
         self.stats = {"evaluated": 0, "failed": 0, "skipped": 0, "units_run": 0,
                       "units_reused": 0, "examples": 0, "seconds": 0.0, "evaluators_lost": 0,
                       "startup_seconds": time.perf_counter() - started,
-                      "unit_overhead_seconds": 0.0}
+                      "unit_overhead_seconds": 0.0, "prepare_seconds": 0.0,
+                      "finalize_seconds": 0.0}
 
     def _new_evaluator(self):
         cfg = self.config
@@ -191,7 +244,7 @@ class Pool:
         """Stop the evaluators now (their resources go back to the cluster at once)."""
         for actor in self.evaluators:
             ray.kill(actor)
-        self.evaluators = []
+        self.evaluators, self.idle, self.running = [], deque(), {}
 
     # -- one round ---------------------------------------------------------------------------
     def round(self) -> int:
@@ -208,9 +261,7 @@ class Pool:
             if not claimed:  # nothing waiting, or all of it held by other pools
                 return handled
             handled += len(claimed)
-            jobs = [job for job in map(self.prepare, claimed) if job is not None]
-            if jobs:
-                self.execute(jobs)
+            self.execute(claimed)
         return handled
 
     def prepare(self, candidate: queue.Candidate) -> Job | None:
@@ -250,51 +301,84 @@ class Pool:
             f"{plan.mode} mode), {job.reused} already done{eot}")
         return job
 
-    def execute(self, jobs: list[Job]) -> None:
-        """Run the jobs' pending units, dearest first (:meth:`Plan.unit_cost`); each job is
-        finalized as soon as its last unit is in, while the others' units still run."""
-        pending = [(job, unit) for job in jobs for unit in job.progress.pending()]
-        pending.sort(key=lambda item: item[0].plan.unit_cost(item[1]), reverse=True)
-        self.details.start(len(pending))
+    def execute(self, candidates: list[queue.Candidate]) -> None:
+        """Prepare the claimed checkpoints one by one, queueing each one's pending units as soon
+        as it is ready (the evaluators start on the first while the driver prepares the next),
+        dearest units first (:meth:`Plan.unit_cost`), and run them; each job is finalized as
+        soon as its last unit is in, while the others' units still run."""
+        jobs, pending = [], deque()
+        self.details.start(0)
         try:
-            self._drain(jobs, deque(pending))
+            for candidate in candidates:
+                began = time.perf_counter()
+                job = self.prepare(candidate)
+                self.stats["prepare_seconds"] += time.perf_counter() - began
+                if job is None:
+                    continue
+                jobs.append(job)
+                units = [(job, unit) for unit in job.progress.pending()]
+                for item in units:
+                    self.costs[id(item[0]), item[1]] = self.unit_cost(*item)
+                pending = deque(sorted([*pending, *units], reverse=True,
+                                       key=lambda item: self.costs[id(item[0]), item[1]]))
+                self.details.grow(len(units))
+                self._dispatch(pending)
+            self._drain(jobs, pending)
         finally:
             self.details.stop()
         for job in jobs:
             if not job.failed and not job.finalized:
                 self.finalize(job)
 
-    def _drain(self, jobs: list[Job], queue: deque) -> None:
+    def unit_cost(self, job: Job, unit: Unit) -> float:
+        """:meth:`Plan.unit_cost`, but the indicators of an architecture whose surrogate an
+        earlier checkpoint of this pool trains cost a fraction of it (the surrogate is shared,
+        :func:`shared_surrogate`): they go after the others, once it is trained."""
+        cost = job.plan.unit_cost(unit)
+        if unit.attack != INDICATORS or self.config.surrogate != "train":
+            return cost
+        architecture = json.dumps([job.config["dataset"], job.config["model"],
+                                   job.config["model_params"], job.plan.seed], sort_keys=True)
+        if architecture in self.surrogates_trained:
+            return cost * SHARED_SURROGATE_SHARE
+        self.surrogates_trained.add(architecture)
+        return cost
+
+    def _dispatch(self, pending: deque) -> None:
+        """Hand queued units to the idle evaluators."""
+        while pending and self.idle:
+            job, unit = pending.popleft()
+            if job.failed:
+                continue
+            actor = self.idle.popleft()
+            ref = actor.run.remote(job.candidate.run_id, job.plan.to_dict(), unit.__dict__)
+            self.running[ref] = (actor, job, unit, time.perf_counter())
+
+    def _drain(self, jobs: list[Job], pending: deque) -> None:
         """Run the queued units on the evaluators until none is left."""
-        idle, running = deque(self.evaluators), {}
+        running = self.running
         renewed = heard = time.monotonic()
-        while queue or running:
-            while queue and idle:
-                job, unit = queue.popleft()
-                if job.failed:
-                    continue
-                actor = idle.popleft()
-                ref = actor.run.remote(job.candidate.run_id, job.plan.to_dict(), unit.__dict__)
-                running[ref] = (actor, job, unit, time.perf_counter())
+        while True:
+            self._dispatch(pending)
             if not running:
                 break
             ready, _ = ray.wait(list(running), num_returns=1, timeout=5.0)
             if not ready and time.monotonic() - heard > 120:
                 heard = time.monotonic()
-                log(f"waiting on {len(running)} units ({len(queue)} queued); evaluators may "
+                log(f"waiting on {len(running)} units ({len(pending)} queued); evaluators may "
                     "be waiting for free resources")
             for ref in ready:
                 heard = time.monotonic()
                 actor, job, unit, dispatched = running.pop(ref)
                 if self.collect(job, unit, ref, dispatched):
-                    idle.append(actor)
+                    self.idle.append(actor)
                     if not job.failed and not job.finalized and not job.progress.pending():
                         self.finalize(job)
                 else:  # the evaluator died (node lost, out of memory): replace it, redo unit
                     self.evaluators.remove(actor)
-                    idle.append(self._new_evaluator())
-                    self.evaluators.append(idle[-1])
-                    queue.appendleft((job, unit))
+                    self.idle.append(self._new_evaluator())
+                    self.evaluators.append(self.idle[-1])
+                    pending.appendleft((job, unit))
             if time.monotonic() - renewed > self.config.lease_seconds / 3:
                 renewed = time.monotonic()
                 for job in jobs:
@@ -344,6 +428,14 @@ class Pool:
             log(f"{job.name}: lease lost to another pool; leaving it to them")
 
     def finalize(self, job: Job) -> None:
+        began = time.perf_counter()
+        try:
+            self._finalize(job)
+        finally:
+            self.stats["finalize_seconds"] += time.perf_counter() - began
+
+    def _finalize(self, job: Job) -> None:
+        """The evaluation's leaderboard row from its units, and the checkpoint marked done."""
         job.finalized = True
         cfg, candidate = self.config, job.candidate
         report = job.progress.merge()

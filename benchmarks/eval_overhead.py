@@ -118,12 +118,16 @@ def pool_throughput(checkpoint: Path, n: int, evaluators: int) -> dict:
     rates = {"evaluation": summary["examples_per_evaluation_second"],
              "wall": summary["examples_per_second"],
              "startup_seconds": summary["startup_seconds"],
-             "overhead_per_unit_seconds": summary["overhead_per_unit_seconds"]}
+             "overhead_per_unit_seconds": summary["overhead_per_unit_seconds"],
+             "prepare_seconds": summary["prepare_seconds"],
+             "finalize_seconds": summary["finalize_seconds"]}
     print(f"pool, {evaluators} evaluator(s): {summary['examples']} examples × "
           f"{len(POOL_ATTACKS)} attacks in {summary['evaluation_seconds']:.1f} s after "
           f"{summary['startup_seconds']:.1f} s of start-up = {rates['evaluation']:.2f} "
           f"examples/s ({rates['wall']:.2f} over the wall time); per unit "
-          f"{summary['overhead_per_unit_seconds']:.3f} s outside the attack code", flush=True)
+          f"{summary['overhead_per_unit_seconds']:.3f} s outside the attack code; driver: "
+          f"{summary['prepare_seconds']:.1f} s preparing checkpoints, "
+          f"{summary['finalize_seconds']:.1f} s writing rows", flush=True)
     return rates
 
 
@@ -168,7 +172,8 @@ def main() -> None:
         if not args.pool_only:
             rows = per_attack_seconds(loaded.model, x, y, epsilon)
             ratio = autoattack_ratio(loaded.model, x, y, epsilon, args.rounds)
-        ray.init(num_cpus=2, log_to_driver=False, configure_logging=False)
+        ray.init(num_cpus=2, log_to_driver=False, configure_logging=False,
+                 include_dashboard=False)  # the pool alone on the two cores
         pool = pool_scaling(checkpoint, args.pool_n, args.pool_rounds)
         ray.shutdown()
     print(json.dumps({"per_attack": rows, "autoattack_ratio": ratio, **pool}))

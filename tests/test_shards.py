@@ -136,3 +136,46 @@ def test_two_spellings_of_one_attack_are_refused():
 
     with pytest.raises(ValueError, match="same attack"):
         PoolConfig(attacks=("aa-standard", "autoattack"))
+
+
+def test_unit_costs_rank_the_dearest_work_first():
+    """The pool hands out units by their estimated model passes: per point, an attack's declared
+    cost, the cascade the sum of its attacks', the probes a constant; times the unit's points."""
+    from attacks.evaluate import build_attack
+    from attacks.shards import PROBE_PASSES
+
+    chosen = plan(attacks=("pgd:steps=5", "spsa-light"))
+    per_point = {spec: build_attack(spec, epsilon=0.05, norm="linf", seed=0)[1].cost
+                 for spec in chosen.attacks}
+    units = {(u.attack, u.shard): u for u in chosen.units()}
+    assert chosen.unit_cost(units["pgd:steps=5", 0]) == 16 * per_point["pgd:steps=5"] == 16 * 16
+    assert chosen.unit_cost(units["spsa-light", 2]) == 8 * per_point["spsa-light"]
+    assert chosen.unit_cost(units[CHECKS, 0]) == 16 * PROBE_PASSES[CHECKS]
+    cascade = plan(attacks=("pgd:steps=5", "spsa-light"), mode="cascade")
+    (unit, *_) = [u for u in cascade.units() if u.attack == "cascade"]
+    assert cascade.unit_cost(unit) == 16 * sum(per_point.values())
+    ranked = sorted(chosen.units(), key=chosen.unit_cost, reverse=True)
+    assert ranked[0].attack == "spsa-light" and ranked[-1] == units["pgd:steps=5", 2]
+
+
+def test_the_transfer_surrogate_is_trained_once_per_node(tmp_path, monkeypatch):
+    """The first evaluator to need an architecture's surrogate trains and keeps it; the next
+    loads the same weights instead of training again."""
+    from attacks import pool
+
+    config = TrialConfig.from_dict({"model_params": {"hidden": 16, "layers": 1}})
+    trained = []
+    real = pool.train_surrogate
+
+    def counting(*args, **kwargs):
+        trained.append(args)
+        return real(*args, **{**kwargs, "subset": 200, "epochs": 1})
+
+    monkeypatch.setattr(pool, "train_surrogate", counting)
+    first = pool.shared_surrogate(tmp_path, config, 0, "cpu")
+    second = pool.shared_surrogate(tmp_path, config, 0, "cpu")
+    assert len(trained) == 1 and second is not first and not second.training
+    for key, value in first.state_dict().items():
+        assert torch.equal(second.state_dict()[key], value)
+    pool.shared_surrogate(tmp_path, config, 1, "cpu")  # another seed is another surrogate
+    assert len(trained) == 2
