@@ -296,8 +296,12 @@ def test_a_killed_pool_restarts_without_redoing_units(cluster, pending):
         assert path.stat().st_mtime_ns == mtime and path.read_bytes() == content, path
     rows = cluster.ask("leaderboard", uri, "lb-kill")
     assert sorted(row["source"] for row in rows) == pending
+    def measured(metrics: dict) -> dict:  # every metric but the clocks and the costs
+        return {k: v for k, v in metrics.items()
+                if not k.endswith(("_seconds", "_hours", "_per_device_hour"))}
+
     for row in rows:
-        assert row["metrics"] == reference[row["source"]], row["source"]
+        assert measured(row["metrics"]) == measured(reference[row["source"]]), row["source"]
 
 
 def test_the_report_and_leaderboard_read_the_shared_services(cluster, pending):

@@ -4,6 +4,7 @@ import json
 
 import optuna
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from sweeps.cli import SMOKE_BASE, summarize
@@ -92,8 +93,12 @@ def test_smoke_sweep_end_to_end(ray_cluster, sweep_home, capfd):
     checkpoint = load_checkpoint(local)
     config = checkpoint.config
     val = data.load_dataset("mnist", "val", subset=config.val_subset)
+    # as the trial validated: its loss and iterate kept, the best iterate from a seeded start
     scores = evaluate(checkpoint.model, val, epsilon=config.epsilon, steps=config.eval_steps,
-                      step_size=config.eval_step_size)
+                      step_size=config.eval_step_size, loss=config.eval_loss,
+                      keep=config.eval_keep,
+                      random_start="uniform" if config.eval_keep == "best" else "none",
+                      generator=torch.Generator().manual_seed(config.seed))
     assert scores["robust_accuracy"] == pytest.approx(
         float(best.data.tags["best_val_robust_accuracy"]))
     assert scores["clean_accuracy"] == checkpoint.metrics["val_clean_accuracy"]
