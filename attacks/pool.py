@@ -222,7 +222,6 @@ class Pool:
         ray.wait([actor.ready.remote() for actor in self.evaluators],
                  num_returns=len(self.evaluators), timeout=STARTUP_WAIT_S)
         self.idle, self.running = deque(self.evaluators), {}
-        self.costs: dict[tuple[int, Unit], float] = {}
         self.surrogates_trained: set[str] = set()
         self.details = Details(config.state_dir / "pool.log")
         self.stats = {"evaluated": 0, "failed": 0, "skipped": 0, "units_run": 0,
@@ -306,7 +305,7 @@ class Pool:
         as it is ready (the evaluators start on the first while the driver prepares the next),
         dearest units first (:meth:`Plan.unit_cost`), and run them; each job is finalized as
         soon as its last unit is in, while the others' units still run."""
-        jobs, pending = [], deque()
+        jobs, pending, costs = [], deque(), {}
         self.details.start(0)
         try:
             for candidate in candidates:
@@ -317,10 +316,9 @@ class Pool:
                     continue
                 jobs.append(job)
                 units = [(job, unit) for unit in job.progress.pending()]
-                for item in units:
-                    self.costs[id(item[0]), item[1]] = self.unit_cost(*item)
+                costs.update({(id(job), unit): self.unit_cost(job, unit) for _, unit in units})
                 pending = deque(sorted([*pending, *units], reverse=True,
-                                       key=lambda item: self.costs[id(item[0]), item[1]]))
+                                       key=lambda item: costs[id(item[0]), item[1]]))
                 self.details.grow(len(units))
                 self._dispatch(pending)
             self._drain(jobs, pending)

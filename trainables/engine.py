@@ -285,6 +285,10 @@ class TrainingRun:
         return self.epoch >= self.config.epochs or self.stopping.stopped_at is not None
 
     @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self.train_set) / self.config.batch_size)
+
+    @property
     def publishes_average(self) -> bool:
         """Whether the average stands for the run (asked, and folded in at least once)."""
         return (self.average is not None and self.config.average_for_eval
@@ -305,7 +309,7 @@ class TrainingRun:
 
     def step_options(self) -> StepOptions:
         cfg = self.config
-        batches = math.ceil(len(self.train_set) / cfg.batch_size)
+        batches = self.batches_per_epoch
         epoch = self.epoch
         average = self.average if self.average is not None and self.average.kind == "ema" \
             else None
@@ -320,7 +324,7 @@ class TrainingRun:
     def run_epoch(self, progress: Callable[[int, dict], None] | None = None) -> dict[str, float]:
         """Train one epoch, then (every ``eval_every`` epochs and at the end) validate."""
         cfg = self.config
-        batches = math.ceil(len(self.train_set) / cfg.batch_size)
+        batches = self.batches_per_epoch
         lr = learning_rate(cfg, self.epoch + 0.5, batches)  # the epoch's middle
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, self.epoch, batches)
